@@ -1,0 +1,187 @@
+//! A parsed AMI message: one buffer, ordered headers, zero-copy views.
+//!
+//! The parser copies each complete message into one buffer of its own and records
+//! where every header's key and value lie inside it. Lookups are case-insensitive on
+//! the key (PROTOCOL-NOTES 3); iteration keeps wire order and wire case; repeated keys
+//! (`Variable`, `Output`, `ChanVariable`, ...) are all kept.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+/// What a message is, decided by its headers (PROTOCOL-NOTES 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Has an `Event:` header (even when it also has `Response:`, like `OriginateResponse`).
+    Event,
+    /// Has a `Response:` header and no `Event:` header.
+    Response,
+    /// Has neither.
+    Unknown,
+}
+
+/// Where one header or body line lies inside the message buffer (byte offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Field {
+    pub(crate) key_start: u32,
+    pub(crate) key_end: u32,
+    pub(crate) value_start: u32,
+    pub(crate) value_end: u32,
+}
+
+impl Field {
+    /// A body line of a legacy `Response: Follows` message: no key, the line is the value.
+    pub(crate) fn line(start: u32, end: u32) -> Self {
+        Field { key_start: start, key_end: start, value_start: start, value_end: end }
+    }
+}
+
+/// One AMI message: an event or a response.
+///
+/// Cheap to clone (the buffer is reference counted). Values are UTF-8: the rare
+/// non-UTF-8 byte from Asterisk is replaced by U+FFFD when the message is built,
+/// so every accessor returns `&str`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    buf: Bytes,
+    fields: Box<[Field]>,
+    /// `fields[..headers]` are headers; the rest are legacy `Follows` body lines.
+    headers: u32,
+    kind: MessageKind,
+    follows: bool,
+    /// Index in `fields` of the `Event`/`Response` header that gave the kind.
+    name_index: u32,
+    action_id_index: Option<u32>,
+}
+
+impl Message {
+    /// Builds a message from a UTF-8 buffer and the fields found in it.
+    pub(crate) fn from_parts(buf: Bytes, fields: &[Field], headers: usize, follows: bool) -> Self {
+        debug_assert!(std::str::from_utf8(&buf).is_ok());
+        let mut message = Message {
+            buf,
+            fields: fields.into(),
+            headers: headers as u32,
+            kind: MessageKind::Unknown,
+            follows,
+            name_index: 0,
+            action_id_index: None,
+        };
+        let mut response_index = None;
+        for (index, field) in message.fields[..headers].iter().enumerate() {
+            let key = message.slice(field.key_start, field.key_end);
+            if message.kind != MessageKind::Event && key.eq_ignore_ascii_case("Event") {
+                message.kind = MessageKind::Event;
+                message.name_index = index as u32;
+            } else if response_index.is_none() && key.eq_ignore_ascii_case("Response") {
+                response_index = Some(index as u32);
+            } else if message.action_id_index.is_none() && key.eq_ignore_ascii_case("ActionID") {
+                message.action_id_index = Some(index as u32);
+            }
+        }
+        if message.kind != MessageKind::Event {
+            if let Some(index) = response_index {
+                message.kind = MessageKind::Response;
+                message.name_index = index;
+            }
+        }
+        message
+    }
+
+    fn slice(&self, start: u32, end: u32) -> &str {
+        // Every message buffer is valid UTF-8 and every offset lies on a char
+        // boundary (they sit next to ASCII ':' / ' ' / '\n'), so this never fails.
+        std::str::from_utf8(&self.buf[start as usize..end as usize]).unwrap_or_default()
+    }
+
+    fn value_at(&self, index: u32) -> &str {
+        let field = &self.fields[index as usize];
+        self.slice(field.value_start, field.value_end)
+    }
+
+    /// Whether this is an event, a response or neither.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    /// The event name (the `Event:` value), for events.
+    pub fn event_name(&self) -> Option<&str> {
+        (self.kind == MessageKind::Event).then(|| self.value_at(self.name_index))
+    }
+
+    /// The `Response:` value (`Success`, `Error`, `Follows`, `Goodbye`, or for an
+    /// `OriginateResponse` event `Success`/`Failure`).
+    pub fn response(&self) -> Option<&str> {
+        match self.kind {
+            MessageKind::Response => Some(self.value_at(self.name_index)),
+            _ => self.get("Response"),
+        }
+    }
+
+    /// The `ActionID` value, if the message carries one.
+    pub fn action_id(&self) -> Option<&str> {
+        self.action_id_index.map(|index| self.value_at(index))
+    }
+
+    /// The first value of `key` (case-insensitive).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.headers().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+    }
+
+    /// Every value of `key` (case-insensitive), in wire order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers().filter(move |(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+    }
+
+    /// Every header as `(key, value)`, in wire order and with the key's wire case.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.fields[..self.headers as usize].iter().map(|field| {
+            (self.slice(field.key_start, field.key_end), self.slice(field.value_start, field.value_end))
+        })
+    }
+
+    /// Number of headers.
+    pub fn header_count(&self) -> usize {
+        self.headers as usize
+    }
+
+    /// Whether this is a legacy `Response: Follows` command response (Asterisk 13 and older).
+    pub fn is_follows(&self) -> bool {
+        self.follows
+    }
+
+    /// The raw body lines of a legacy `Response: Follows` message (without the
+    /// `--END COMMAND--` sentinel); empty for every other message.
+    pub fn body_lines(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.fields[self.headers as usize..]
+            .iter()
+            .map(|field| self.slice(field.value_start, field.value_end))
+    }
+
+    /// Command output lines in either format (PROTOCOL-NOTES 23–24): the legacy body
+    /// lines of a `Follows` response, otherwise the values of every `Output:` header.
+    pub fn output_lines(&self) -> Vec<&str> {
+        if self.follows { self.body_lines().collect() } else { self.get_all("Output").collect() }
+    }
+
+    /// The message's bytes as they were received (UTF-8, lines ending as on the wire).
+    pub fn as_str(&self) -> &str {
+        self.slice(0, self.buf.len() as u32)
+    }
+
+    /// Size of the message in bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the message holds no bytes (never true for a parsed message).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::redact::fmt_headers(f, self.headers())
+    }
+}
