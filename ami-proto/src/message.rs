@@ -32,7 +32,12 @@ pub(crate) struct Field {
 impl Field {
     /// A body line of a legacy `Response: Follows` message: no key, the line is the value.
     pub(crate) fn line(start: u32, end: u32) -> Self {
-        Field { key_start: start, key_end: start, value_start: start, value_end: end }
+        Field {
+            key_start: start,
+            key_end: start,
+            value_start: start,
+            value_end: end,
+        }
     }
 }
 
@@ -88,6 +93,11 @@ impl Message {
         message
     }
 
+    /// A message with no headers (a stand-in that is never handed out).
+    pub(crate) fn empty() -> Self {
+        Message::from_parts(Bytes::new(), &[], 0, false)
+    }
+
     fn slice(&self, start: u32, end: u32) -> &str {
         // Every message buffer is valid UTF-8 and every offset lies on a char
         // boundary (they sit next to ASCII ':' / ' ' / '\n'), so this never fails.
@@ -125,18 +135,25 @@ impl Message {
 
     /// The first value of `key` (case-insensitive).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.headers().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+        self.headers()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
     }
 
     /// Every value of `key` (case-insensitive), in wire order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers().filter(move |(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+        self.headers()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
     }
 
     /// Every header as `(key, value)`, in wire order and with the key's wire case.
     pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
         self.fields[..self.headers as usize].iter().map(|field| {
-            (self.slice(field.key_start, field.key_end), self.slice(field.value_start, field.value_end))
+            (
+                self.slice(field.key_start, field.key_end),
+                self.slice(field.value_start, field.value_end),
+            )
         })
     }
 
@@ -161,7 +178,11 @@ impl Message {
     /// Command output lines in either format (PROTOCOL-NOTES 23–24): the legacy body
     /// lines of a `Follows` response, otherwise the values of every `Output:` header.
     pub fn output_lines(&self) -> Vec<&str> {
-        if self.follows { self.body_lines().collect() } else { self.get_all("Output").collect() }
+        if self.follows {
+            self.body_lines().collect()
+        } else {
+            self.get_all("Output").collect()
+        }
     }
 
     /// The message's bytes as they were received (UTF-8, lines ending as on the wire).

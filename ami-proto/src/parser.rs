@@ -40,7 +40,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_frame_size: 64 * 1024, max_command_output: 1024 * 1024 }
+        Limits {
+            max_frame_size: 64 * 1024,
+            max_command_output: 1024 * 1024,
+        }
     }
 }
 
@@ -123,7 +126,10 @@ impl LineSoFar {
 
     /// Whether the line is blank when it ends after `bytes` more.
     fn blank_with(self, bytes: &[u8]) -> bool {
-        matches!((self, bytes), (LineSoFar::Empty, b"" | b"\r") | (LineSoFar::CarriageReturn, b""))
+        matches!(
+            (self, bytes),
+            (LineSoFar::Empty, b"" | b"\r") | (LineSoFar::CarriageReturn, b"")
+        )
     }
 }
 
@@ -297,7 +303,11 @@ impl Parser {
             if start == end {
                 // The blank line that ends the discard is this one.
                 let bytes = (line_end - self.msg_start) as u64;
-                emit(Parsed::Discarded(Discard { error, bytes, action_id: self.action_id() }));
+                emit(Parsed::Discarded(Discard {
+                    error,
+                    bytes,
+                    action_id: self.action_id(),
+                }));
                 self.reset_message(line_end);
             } else {
                 self.start_discard_at_line_end(error, line_end);
@@ -330,7 +340,9 @@ impl Parser {
                     return;
                 }
                 let last = self.fields.len() - 1;
-                if self.fields.len() == 1 && self.key_is(last, "Response") && self.value_is(last, "Follows")
+                if self.fields.len() == 1
+                    && self.key_is(last, "Response")
+                    && self.value_is(last, "Follows")
                 {
                     self.mode = Mode::FollowsHeaders;
                     self.limit = self.limits.max_command_output;
@@ -393,7 +405,13 @@ impl Parser {
     }
 
     /// Records a body line of a `Follows` response, completing it at the sentinel.
-    fn push_body_line(&mut self, start: usize, end: usize, line_end: usize, emit: &mut impl FnMut(Parsed)) {
+    fn push_body_line(
+        &mut self,
+        start: usize,
+        end: usize,
+        line_end: usize,
+        emit: &mut impl FnMut(Parsed),
+    ) {
         let line = &self.buf[start..end];
         let base = (start - self.msg_start) as u32;
         if line.ends_with(SENTINEL) {
@@ -405,27 +423,31 @@ impl Parser {
             }
             self.complete(line_end, line_end, emit);
         } else {
-            self.fields.push(Field::line(base, base + line.len() as u32));
+            self.fields
+                .push(Field::line(base, base + line.len() as u32));
         }
     }
 
     fn key_is(&self, index: usize, key: &str) -> bool {
         let field = &self.fields[index];
         let start = self.msg_start + field.key_start as usize;
-        self.buf[start..self.msg_start + field.key_end as usize].eq_ignore_ascii_case(key.as_bytes())
+        self.buf[start..self.msg_start + field.key_end as usize]
+            .eq_ignore_ascii_case(key.as_bytes())
     }
 
     fn value_is(&self, index: usize, value: &str) -> bool {
         let field = &self.fields[index];
         let start = self.msg_start + field.value_start as usize;
-        self.buf[start..self.msg_start + field.value_end as usize].eq_ignore_ascii_case(value.as_bytes())
+        self.buf[start..self.msg_start + field.value_end as usize]
+            .eq_ignore_ascii_case(value.as_bytes())
     }
 
     fn action_id(&self) -> Option<String> {
         self.action_id_field.map(|index| {
             let field = &self.fields[index];
             let start = self.msg_start + field.value_start as usize;
-            String::from_utf8_lossy(&self.buf[start..self.msg_start + field.value_end as usize]).into_owned()
+            String::from_utf8_lossy(&self.buf[start..self.msg_start + field.value_end as usize])
+                .into_owned()
         })
     }
 
@@ -442,7 +464,12 @@ impl Parser {
         let bytes = &self.buf[self.msg_start..end];
         let follows = matches!(self.mode, Mode::FollowsHeaders | Mode::FollowsBody);
         let message = if std::str::from_utf8(bytes).is_ok() {
-            Message::from_parts(Bytes::copy_from_slice(bytes), &self.fields, self.headers, follows)
+            Message::from_parts(
+                Bytes::copy_from_slice(bytes),
+                &self.fields,
+                self.headers,
+                follows,
+            )
         } else {
             reparse_lossy(bytes, follows)
         };
@@ -479,7 +506,11 @@ impl Parser {
     }
 
     fn start_discard_counted(&mut self, error: ParseError, held: usize, line: LineSoFar) {
-        let discard = Discard { error, bytes: held as u64, action_id: self.action_id() };
+        let discard = Discard {
+            error,
+            bytes: held as u64,
+            action_id: self.action_id(),
+        };
         self.reset_message(self.msg_start);
         self.mode = Mode::Discarding { discard, line };
     }
@@ -517,7 +548,10 @@ fn reparse_lossy(bytes: &[u8], follows: bool) -> Message {
     if !follows {
         text.push_str("\r\n");
     }
-    let limits = Limits { max_frame_size: usize::MAX - 1, max_command_output: usize::MAX - 1 };
+    let limits = Limits {
+        max_frame_size: usize::MAX - 1,
+        max_command_output: usize::MAX - 1,
+    };
     let mut parser = Parser::new(limits);
     parser.mode = Mode::Headers;
     let mut rebuilt = None;

@@ -340,7 +340,10 @@ mod tests {
         for key in ["Username", "Keys", "SecretName", "Channel", ""] {
             assert!(!r.is_secret_key(key), "{key}");
         }
-        assert!(matches!(r.redact("Channel", "PJSIP/100"), Cow::Borrowed("PJSIP/100")));
+        assert!(matches!(
+            r.redact("Channel", "PJSIP/100"),
+            Cow::Borrowed("PJSIP/100")
+        ));
     }
 
     #[test]
@@ -396,7 +399,10 @@ mod tests {
     #[test]
     fn secret_variable_assignments_are_masked() {
         let r = Redactor::default();
-        assert_eq!(r.redact("Variable", "PASSWORD=x"), format!("PASSWORD={MASK}"));
+        assert_eq!(
+            r.redact("Variable", "PASSWORD=x"),
+            format!("PASSWORD={MASK}")
+        );
         assert_eq!(
             r.redact("ChanVariable(PJSIP/1-0001)", "secret=x"),
             format!("secret={MASK}")
@@ -420,7 +426,14 @@ mod tests {
         let r = Redactor::new(["DbPass"], NONE, NONE).unwrap();
         let shown = format!(
             "{:?}",
-            With(&r, vec![("Action", "Login"), ("Username", "admin"), ("Secret", "hunter2")])
+            With(
+                &r,
+                vec![
+                    ("Action", "Login"),
+                    ("Username", "admin"),
+                    ("Secret", "hunter2")
+                ]
+            )
         );
         assert_eq!(
             shown,
@@ -431,7 +444,10 @@ mod tests {
             With(&r, vec![("Variable", "dbpass"), ("Value", "hunter2")])
         );
         assert!(!shown.contains("hunter2"), "{shown}");
-        let shown = format!("{:?}", With(&r, vec![("Variable", "Foo"), ("Value", "bar")]));
+        let shown = format!(
+            "{:?}",
+            With(&r, vec![("Variable", "Foo"), ("Value", "bar")])
+        );
         assert!(shown.contains("bar"), "{shown}");
     }
 
@@ -440,13 +456,19 @@ mod tests {
         // Unique names so that tests running in parallel are unaffected.
         let headers = || Global(vec![("ZzInstallTestKey", "zz-value"), ("Secret", "s3")]);
         let before = format!("{:?}", headers());
-        assert!(before.contains("zz-value") && !before.contains("s3"), "{before}");
+        assert!(
+            before.contains("zz-value") && !before.contains("s3"),
+            "{before}"
+        );
 
         install(Redactor::new(["ZzInstallTestKey"], NONE, NONE).unwrap());
         let after = format!("{:?}", headers());
         install(Redactor::default());
 
-        assert!(!after.contains("zz-value") && !after.contains("s3"), "{after}");
+        assert!(
+            !after.contains("zz-value") && !after.contains("s3"),
+            "{after}"
+        );
         assert!(current().is_secret_key("Password"));
         assert!(!current().is_secret_key("ZzInstallTestKey"));
     }

@@ -41,8 +41,12 @@ fn discards(items: &[Parsed]) -> Vec<&Discard> {
 #[test]
 fn banner_has_no_blank_line_after_it() {
     // PROTOCOL-NOTES 1
-    let items = parse(b"Asterisk Call Manager/11.0.0\r\nResponse: Success\r\nActionID: L-1\r\n\r\n");
-    assert_eq!(items[0], Parsed::Banner("Asterisk Call Manager/11.0.0".into()));
+    let items =
+        parse(b"Asterisk Call Manager/11.0.0\r\nResponse: Success\r\nActionID: L-1\r\n\r\n");
+    assert_eq!(
+        items[0],
+        Parsed::Banner("Asterisk Call Manager/11.0.0".into())
+    );
     let message = messages(&items)[0];
     assert_eq!(message.kind(), MessageKind::Response);
     assert_eq!(message.response(), Some("Success"));
@@ -76,9 +80,17 @@ fn keys_case_insensitive_repeated_keys_in_order() {
     );
     let message = messages(&items)[0];
     assert_eq!(message.get("UNIQUEID"), Some("1"));
-    assert_eq!(message.get_all("variable").collect::<Vec<_>>(), ["a=1", "b=2", "c=3"]);
+    assert_eq!(
+        message.get_all("variable").collect::<Vec<_>>(),
+        ["a=1", "b=2", "c=3"]
+    );
     let keys: Vec<&str> = message.headers().map(|(k, _)| k).collect();
-    assert_eq!(keys, ["Event", "Uniqueid", "UniqueID", "Variable", "variable", "VARIABLE"]);
+    assert_eq!(
+        keys,
+        [
+            "Event", "Uniqueid", "UniqueID", "Variable", "variable", "VARIABLE"
+        ]
+    );
 }
 
 #[test]
@@ -96,7 +108,9 @@ fn value_blanks_and_empty_values() {
 #[test]
 fn event_with_response_header_is_an_event() {
     // PROTOCOL-NOTES 15
-    let items = parse(b"Event: OriginateResponse\r\nActionID: o-1\r\nResponse: Failure\r\nReason: 5\r\n\r\n");
+    let items = parse(
+        b"Event: OriginateResponse\r\nActionID: o-1\r\nResponse: Failure\r\nReason: 5\r\n\r\n",
+    );
     let message = messages(&items)[0];
     assert_eq!(message.kind(), MessageKind::Event);
     assert_eq!(message.event_name(), Some("OriginateResponse"));
@@ -115,9 +129,12 @@ fn message_without_event_or_response_is_unknown() {
 #[test]
 fn modern_command_output_is_one_large_frame() {
     // PROTOCOL-NOTES 23: a large output arrives as one message, past the frame limit.
-    let mut wire = b"Response: Success\r\nActionID: c-1\r\nMessage: Command output follows\r\n".to_vec();
+    let mut wire =
+        b"Response: Success\r\nActionID: c-1\r\nMessage: Command output follows\r\n".to_vec();
     for i in 0..3000 {
-        wire.extend_from_slice(format!("Output: line {i:05} of the help text................\r\n").as_bytes());
+        wire.extend_from_slice(
+            format!("Output: line {i:05} of the help text................\r\n").as_bytes(),
+        );
     }
     wire.extend_from_slice(b"\r\n");
     assert!(wire.len() > 64 * 1024);
@@ -137,7 +154,10 @@ fn empty_command_output() {
 
 #[test]
 fn command_output_over_the_limit_is_discarded_with_its_action_id() {
-    let limits = Limits { max_frame_size: 256, max_command_output: 1024 };
+    let limits = Limits {
+        max_frame_size: 256,
+        max_command_output: 1024,
+    };
     let mut wire = b"Response: Success\r\nActionID: c-9\r\n".to_vec();
     for _ in 0..100 {
         wire.extend_from_slice(b"Output: 0123456789\r\n");
@@ -147,7 +167,10 @@ fn command_output_over_the_limit_is_discarded_with_its_action_id() {
     let discard = discards(&items)[0];
     assert_eq!(discard.error, ParseError::OutputTooLarge { limit: 1024 });
     assert_eq!(discard.action_id.as_deref(), Some("c-9"));
-    assert_eq!(discard.bytes as usize, wire.len() - b"Event: After\r\n\r\n".len());
+    assert_eq!(
+        discard.bytes as usize,
+        wire.len() - b"Event: After\r\n\r\n".len()
+    );
     assert_eq!(messages(&items)[0].event_name(), Some("After"));
 }
 
@@ -164,14 +187,18 @@ Uptime: 5 seconds\n\nsecond paragraph\n--END COMMAND--\r\n\r\nEvent: Next\r\n\r\
     assert_eq!(follows.response(), Some("Follows"));
     assert_eq!(follows.action_id(), Some("c-2"));
     assert_eq!(follows.header_count(), 3);
-    assert_eq!(follows.output_lines(), ["Uptime: 5 seconds", "", "second paragraph"]);
+    assert_eq!(
+        follows.output_lines(),
+        ["Uptime: 5 seconds", "", "second paragraph"]
+    );
     assert_eq!(all[1].event_name(), Some("Next"));
 }
 
 #[test]
 fn legacy_sentinel_glued_to_the_last_line() {
     // Old Asterisk appends the sentinel even when the output lacks a final newline.
-    let items = parse(b"Response: Follows\r\nPrivilege: Command\r\nno newline--END COMMAND--\r\n\r\n");
+    let items =
+        parse(b"Response: Follows\r\nPrivilege: Command\r\nno newline--END COMMAND--\r\n\r\n");
     assert_eq!(messages(&items)[0].output_lines(), ["no newline"]);
     assert_eq!(items.len(), 1);
 }
@@ -179,7 +206,10 @@ fn legacy_sentinel_glued_to_the_last_line() {
 #[test]
 fn oversized_event_is_discarded_and_parsing_resumes() {
     // PROTOCOL-NOTES 5: events have no size cap at the source; ours does.
-    let limits = Limits { max_frame_size: 100, max_command_output: 1000 };
+    let limits = Limits {
+        max_frame_size: 100,
+        max_command_output: 1000,
+    };
     let mut wire = b"Event: Big\r\nActionID: x\r\n".to_vec();
     wire.extend_from_slice(format!("Data: {}\r\n\r\n", "y".repeat(500)).as_bytes());
     let big = wire.len();
@@ -198,7 +228,10 @@ fn oversized_event_is_discarded_and_parsing_resumes() {
 
 #[test]
 fn discarded_bytes_are_not_buffered() {
-    let limits = Limits { max_frame_size: 1000, max_command_output: 2000 };
+    let limits = Limits {
+        max_frame_size: 1000,
+        max_command_output: 2000,
+    };
     let mut parser = Parser::new(limits);
     let mut out = Vec::new();
     parser.feed(b"Event: Flood\r\n", &mut |item| out.push(item));
@@ -211,7 +244,10 @@ fn discarded_bytes_are_not_buffered() {
     assert!(max_buffered <= 1001, "held {max_buffered} bytes");
     parser.feed(b"\r\nEvent: Ok\r\n\r\n", &mut |item| out.push(item));
     assert_eq!(out.len(), 2);
-    assert_eq!(discards(&out)[0].bytes as usize, 14 + 10_000 * line.len() + 2);
+    assert_eq!(
+        discards(&out)[0].bytes as usize,
+        14 + 10_000 * line.len() + 2
+    );
     assert_eq!(messages(&out)[0].event_name(), Some("Ok"));
 }
 
@@ -222,7 +258,10 @@ fn garbage_is_discarded_up_to_the_next_blank_line() {
     assert_eq!(items.len(), 3, "{items:?}");
     assert_eq!(discards(&items)[0].error, ParseError::MalformedLine);
     assert_eq!(discards(&items)[0].bytes, 34);
-    let names: Vec<_> = messages(&items).iter().map(|m| m.event_name().unwrap().to_owned()).collect();
+    let names: Vec<_> = messages(&items)
+        .iter()
+        .map(|m| m.event_name().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["A", "B"]);
 }
 
@@ -266,12 +305,20 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         Just(b"Event: Newexten\r\nChannel: Local/100@test-0001;1\r\nAppData: x\r\n\r\n".to_vec()),
         Just(b"Response: Success\r\nActionID: a-1\r\nPing: Pong\r\n\r\n".to_vec()),
         Just(b"Response: Success\r\nActionID: c\r\nOutput: a\r\nOutput: \r\n\r\n".to_vec()),
-        Just(b"Response: Follows\r\nPrivilege: Command\r\nx: y\n\nz--END COMMAND--\r\n\r\n".to_vec()),
+        Just(
+            b"Response: Follows\r\nPrivilege: Command\r\nx: y\n\nz--END COMMAND--\r\n\r\n".to_vec()
+        ),
         Just(b"garbage line\r\nmore\r\n\r\n".to_vec()),
         Just(b"\r\n\n".to_vec()),
         Just(b"Message: bare\n\r\n".to_vec()),
         Just(format!("Event: Big\r\nData: {}\r\n\r\n", "b".repeat(300)).into_bytes()),
-        Just(format!("Response: Success\r\n{}\r\n", "Output: oooooooooo\r\n".repeat(30)).into_bytes()),
+        Just(
+            format!(
+                "Response: Success\r\n{}\r\n",
+                "Output: oooooooooo\r\n".repeat(30)
+            )
+            .into_bytes()
+        ),
         proptest::collection::vec(any::<u8>(), 0..40),
     ]
 }

@@ -1,0 +1,707 @@
+//! The connection state machine: one AMI session, without I/O.
+//!
+//! Methods come in four kinds (as in quinn-proto):
+//! - inputs: [`handle_connected`](Connection::handle_connected),
+//!   [`handle_data`](Connection::handle_data), [`handle_eof`](Connection::handle_eof),
+//!   [`handle_transport_error`](Connection::handle_transport_error),
+//!   [`handle_timeout`](Connection::handle_timeout);
+//! - mutators: [`send`](Connection::send), [`close`](Connection::close);
+//! - outputs: [`poll`](Connection::poll) (state changes, completions, reports, events),
+//!   [`poll_transmit`](Connection::poll_transmit) / [`advance_transmit`](Connection::advance_transmit)
+//!   (bytes for the socket), [`poll_timeout`](Connection::poll_timeout) (the next deadline);
+//! - getters: [`state`](Connection::state), [`stats`](Connection::stats), ...
+//!
+//! After any input or mutator, write out `poll_transmit`, drain `poll`, and arm a
+//! timer for `poll_timeout`.
+//!
+//! Lifecycle (plan §15–16): `Connecting` → `AwaitingBanner` → `Authenticating`
+//! (plain `Login`, or `Challenge` then MD5 `Login`) → `Healthy` ⇄ `Degraded`
+//! (missed heartbeats) → `Closing` (`Logoff` sent) → `Closed`. Each change comes out as
+//! [`Output::StateChanged`]; the end as [`Output::Closed`], after every pending action
+//! has been failed with the reason.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::action::{self, Action};
+use crate::config::{AuthMethod, Config};
+use crate::correlation::{ActionIds, Completion, Pending, Progress, Purpose, Registry, Reply};
+use crate::error::{ActionError, CloseReason, SendError, Stage};
+use crate::events::{Event, EventCounters, EventQueue, Pushed};
+use crate::message::{Message, MessageKind};
+use crate::parser::{Discard, Parsed, Parser};
+use crate::timers::{Timer, TimerTable};
+
+/// What the banner of an Asterisk manager interface starts with.
+const BANNER_PREFIX: &str = "Asterisk Call Manager/";
+
+/// Reports ([`Output::Discarded`], [`Output::Unmatched`]) held for the application at
+/// most; past this they are only counted in [`Stats`].
+const MAX_QUEUED_REPORTS: usize = 1024;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// The transport is connecting.
+    Connecting,
+    /// Connected; waiting for the `Asterisk Call Manager/...` banner.
+    AwaitingBanner,
+    /// Logging in.
+    Authenticating,
+    /// Logged in; heartbeats answered.
+    Healthy,
+    /// Logged in, but the last heartbeat went unanswered.
+    Degraded,
+    /// `Logoff` sent; waiting for `Goodbye` or end of stream.
+    Closing,
+    /// Closed for good. Start a new `Connection` to reconnect.
+    Closed,
+}
+
+impl State {
+    /// Whether actions can be sent (logged in, not closing).
+    pub fn is_ready(self) -> bool {
+        matches!(self, State::Healthy | State::Degraded)
+    }
+}
+
+/// One output of the connection, from [`Connection::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// The state changed.
+    StateChanged {
+        /// The state before.
+        from: State,
+        /// The state now.
+        to: State,
+    },
+    /// An action sent with [`Connection::send`] completed.
+    Completed(Completion),
+    /// The parser discarded input (also counted in [`Stats`]).
+    Discarded(Discard),
+    /// A response (or message of unknown kind) that completes nothing: it names no
+    /// pending action of this connection (also counted in [`Stats`]).
+    Unmatched(Message),
+    /// An event. Events come after every other kind of output.
+    Event(Event),
+    /// The connection closed; nothing more will happen on it.
+    Closed(CloseReason),
+}
+
+/// Counters of one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes handed to [`Connection::handle_data`].
+    pub bytes_received: u64,
+    /// Bytes taken by [`Connection::advance_transmit`].
+    pub bytes_sent: u64,
+    /// Messages parsed.
+    pub messages: u64,
+    /// Event queue counters (queued, dropped oldest, blocked).
+    pub events: EventCounters,
+    /// Discards reported by the parser.
+    pub discards: u64,
+    /// Bytes the parser discarded.
+    pub discarded_bytes: u64,
+    /// Responses that completed nothing.
+    pub unmatched: u64,
+    /// Reports dropped because the application did not poll them in time.
+    pub reports_dropped: u64,
+    /// Actions completed successfully.
+    pub completed: u64,
+    /// Actions completed with an error (timeouts included).
+    pub failed: u64,
+    /// Actions whose deadline ran out.
+    pub timeouts: u64,
+    /// Actions refused by [`Connection::send`].
+    pub refused: u64,
+    /// Heartbeats that went unanswered.
+    pub heartbeat_misses: u64,
+}
+
+/// One AMI session. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Connection {
+    config: Config,
+    server_key: Arc<str>,
+    state: State,
+    parser: Parser,
+    ids: ActionIds,
+    registry: Registry,
+    events: EventQueue,
+    /// Every output but events, in order.
+    outputs: VecDeque<Output>,
+    /// Reports among `outputs`.
+    queued_reports: usize,
+    transmit: Vec<u8>,
+    /// Bytes of `transmit` already taken by the driver.
+    transmitted: usize,
+    timers: TimerTable,
+    heartbeat_misses: u32,
+    banner: Option<String>,
+    stats: Stats,
+}
+
+impl Connection {
+    /// A connection whose transport starts connecting at `now`.
+    ///
+    /// `instance` tags this client among others that talk to the same server (drivers
+    /// pick it at random once per process); `generation` counts the connections made to
+    /// this server. Both go into every ActionID, so that no two connections share one.
+    pub fn new(config: Config, instance: u32, generation: u64, now: Instant) -> Self {
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Connect, now + config.connect_timeout);
+        Connection {
+            server_key: Arc::from(config.server_key.as_str()),
+            state: State::Connecting,
+            parser: Parser::new(config.limits),
+            ids: ActionIds::new(&config.server_key, instance, generation),
+            registry: Registry::default(),
+            events: EventQueue::new(
+                config.event_queue_capacity,
+                &config.blocked_events,
+                &config.priority_events,
+                config.event_drop_log_interval,
+            ),
+            outputs: VecDeque::new(),
+            queued_reports: 0,
+            transmit: Vec::new(),
+            transmitted: 0,
+            timers,
+            heartbeat_misses: 0,
+            banner: None,
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    // ----- getters -----
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The server key.
+    pub fn server_key(&self) -> &Arc<str> {
+        &self.server_key
+    }
+
+    /// The banner, once received (e.g. `Asterisk Call Manager/11.0.0`).
+    pub fn banner(&self) -> Option<&str> {
+        self.banner.as_deref()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats;
+        stats.events = self.events.counters();
+        stats
+    }
+
+    /// Actions sent with [`send`](Self::send) still awaiting completion.
+    pub fn pending_actions(&self) -> usize {
+        self.registry.user_pending()
+    }
+
+    /// Events waiting to be polled.
+    pub fn queued_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_transmit(&self) -> usize {
+        self.transmit.len() - self.transmitted
+    }
+
+    /// Bytes the parser holds for a message in progress.
+    pub fn buffered_input(&self) -> usize {
+        self.parser.buffered()
+    }
+
+    // ----- inputs -----
+
+    /// The transport connected: the banner deadline starts.
+    pub fn handle_connected(&mut self, now: Instant) {
+        if self.state != State::Connecting {
+            return;
+        }
+        self.timers.stop(Timer::Connect);
+        self.timers
+            .set(Timer::Banner, now + self.config.read_timeout);
+        self.set_state(State::AwaitingBanner);
+    }
+
+    /// Bytes arrived from the server at `now`.
+    pub fn handle_data(&mut self, now: Instant, data: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        if self.state == State::Connecting {
+            // Data proves the transport is up even if the driver did not say so.
+            self.handle_connected(now);
+        }
+        self.stats.bytes_received += data.len() as u64;
+        let mut parser = std::mem::replace(&mut self.parser, Parser::new(self.config.limits));
+        parser.feed(data, &mut |item| self.handle_parsed(now, item));
+        self.parser = parser;
+    }
+
+    /// The server closed the connection (end of stream).
+    pub fn handle_eof(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let mut parser = std::mem::replace(&mut self.parser, Parser::new(self.config.limits));
+        parser.finish(&mut |item| self.handle_parsed(now, item));
+        let reason = if self.state == State::Closing {
+            CloseReason::Graceful
+        } else {
+            CloseReason::PeerClosed
+        };
+        self.close_with(now, reason);
+    }
+
+    /// The transport failed; the connection closes with `error` as the reason.
+    pub fn handle_transport_error(&mut self, now: Instant, error: &dyn std::fmt::Display) {
+        self.close_with(now, CloseReason::Transport(error.to_string()));
+    }
+
+    /// Time passed: runs every timer and action deadline due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.take_expired(now) {
+            match timer {
+                Timer::Connect => self.close_with(now, CloseReason::ConnectTimeout),
+                Timer::Banner => self.close_with(now, CloseReason::BannerTimeout),
+                Timer::Heartbeat => {
+                    self.timers
+                        .set(Timer::Heartbeat, now + self.config.heartbeat_interval);
+                    let timeout = self.config.heartbeat_timeout;
+                    self.send_internal(now, action::Ping.into(), Purpose::Heartbeat, timeout);
+                }
+            }
+        }
+        while let Some((_, pending)) = self.registry.pop_expired(now) {
+            let error = pending.timeout_error();
+            self.stats.timeouts += 1;
+            self.finish(now, pending, Err(error));
+        }
+    }
+
+    // ----- mutators -----
+
+    /// Sends an action; returns the ActionID it was sent with. Its completion comes
+    /// out of [`poll`](Self::poll) as [`Output::Completed`], exactly once.
+    pub fn send(&mut self, now: Instant, action: impl Into<Action>) -> Result<String, SendError> {
+        let action = action.into();
+        let result = self.try_send(now, &action);
+        match &result {
+            Ok(action_id) => {
+                tracing::debug!(server_key = %self.server_key, action_id = %action_id, action = action.name(), "action sent");
+            }
+            Err(error) => {
+                self.stats.refused += 1;
+                tracing::warn!(server_key = %self.server_key, action = action.name(), %error, "action refused");
+            }
+        }
+        result
+    }
+
+    fn try_send(&mut self, now: Instant, action: &Action) -> Result<String, SendError> {
+        if !self.state.is_ready() {
+            return Err(SendError::NotReady { state: self.state });
+        }
+        let limit = self.config.max_pending_actions;
+        if self.registry.user_pending() >= limit {
+            return Err(SendError::TooManyPending { limit });
+        }
+        let timeout = action.timeout().unwrap_or(self.config.action_timeout);
+        let before = self.transmit.len();
+        let (counter, action_id) = self.ids.next_id();
+        action.encode(&action_id, &mut self.transmit)?;
+        let buffered = self.transmit.len() - self.transmitted;
+        if buffered > self.config.write_buffer_limit {
+            self.transmit.truncate(before);
+            return Err(SendError::Backpressure {
+                buffered: before - self.transmitted,
+                limit: self.config.write_buffer_limit,
+            });
+        }
+        self.register(
+            now,
+            counter,
+            action_id.clone(),
+            action,
+            Purpose::User,
+            timeout,
+        );
+        Ok(action_id)
+    }
+
+    /// Closes gracefully: sends `Logoff` and waits for `Goodbye` (or end of stream)
+    /// until the close deadline. Actions already sent still complete (Asterisk answers
+    /// them before the `Goodbye`); new ones are refused.
+    pub fn close(&mut self, now: Instant) {
+        match self.state {
+            State::Connecting | State::AwaitingBanner => {
+                self.close_with(now, CloseReason::Graceful)
+            }
+            State::Authenticating | State::Healthy | State::Degraded => {
+                self.timers.stop(Timer::Heartbeat);
+                let timeout = self.config.close_timeout;
+                self.send_internal(now, action::Logoff.into(), Purpose::Logoff, timeout);
+                self.set_state(State::Closing);
+            }
+            State::Closing | State::Closed => {}
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next output: state changes, completions and reports in order, then events
+    /// (priority events first).
+    pub fn poll(&mut self) -> Option<Output> {
+        if let Some(output) = self.outputs.pop_front() {
+            if matches!(output, Output::Discarded(_) | Output::Unmatched(_)) {
+                self.queued_reports -= 1;
+            }
+            return Some(output);
+        }
+        self.events.pop().map(Output::Event)
+    }
+
+    /// Bytes to write to the socket (empty when there are none). After writing `n` of
+    /// them, call [`advance_transmit(n)`](Self::advance_transmit); the rest stays at the
+    /// head of the buffer for the next write.
+    pub fn poll_transmit(&self) -> &[u8] {
+        &self.transmit[self.transmitted..]
+    }
+
+    /// `n` bytes of [`poll_transmit`](Self::poll_transmit) were written.
+    pub fn advance_transmit(&mut self, n: usize) {
+        let n = n.min(self.queued_transmit());
+        self.transmitted += n;
+        self.stats.bytes_sent += n as u64;
+        if self.transmitted == self.transmit.len() {
+            self.transmit.clear();
+            self.transmitted = 0;
+        } else if self.transmitted > 64 * 1024 && self.transmitted * 2 > self.transmit.len() {
+            // Reclaim the written head once it is most of the buffer.
+            self.transmit.drain(..self.transmitted);
+            self.transmitted = 0;
+        }
+    }
+
+    /// The next deadline: call [`handle_timeout`](Self::handle_timeout) at that
+    /// instant (or after). `None` when nothing is scheduled.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.timers.next(), self.registry.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- internals -----
+
+    fn handle_parsed(&mut self, now: Instant, item: Parsed) {
+        if self.state == State::Closed {
+            return;
+        }
+        match item {
+            Parsed::Banner(text) => self.handle_banner(now, text),
+            Parsed::Message(message) if self.state == State::AwaitingBanner => {
+                let first_line = message
+                    .as_str()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(80)
+                    .collect();
+                self.close_with(now, CloseReason::NotAmi { first_line });
+            }
+            Parsed::Message(message) => {
+                self.stats.messages += 1;
+                tracing::trace!(server_key = %self.server_key, message = ?message, "received");
+                self.route(now, message);
+            }
+            Parsed::Discarded(discard) => self.handle_discard(now, discard),
+        }
+    }
+
+    fn handle_banner(&mut self, now: Instant, text: String) {
+        if self.state != State::AwaitingBanner || !text.starts_with(BANNER_PREFIX) {
+            let first_line = text.chars().take(80).collect();
+            self.close_with(now, CloseReason::NotAmi { first_line });
+            return;
+        }
+        tracing::debug!(server_key = %self.server_key, banner = %text, "banner");
+        self.banner = Some(text);
+        self.timers.stop(Timer::Banner);
+        self.set_state(State::Authenticating);
+        let timeout = self.config.read_timeout;
+        match self.config.auth {
+            AuthMethod::Plain => {
+                let login =
+                    action::Login::new(self.config.username.clone(), self.config.secret.clone())
+                        .with_events(self.config.events.clone());
+                self.send_internal(now, login.into(), Purpose::Login, timeout);
+            }
+            AuthMethod::Md5 => {
+                self.send_internal(now, action::Challenge.into(), Purpose::Challenge, timeout)
+            }
+        }
+    }
+
+    fn handle_discard(&mut self, now: Instant, discard: Discard) {
+        self.stats.discards += 1;
+        self.stats.discarded_bytes += discard.bytes;
+        tracing::warn!(
+            server_key = %self.server_key,
+            action_id = discard.action_id.as_deref().unwrap_or(""),
+            error = %discard.error,
+            bytes = discard.bytes,
+            "input discarded"
+        );
+        let counter = discard
+            .action_id
+            .as_deref()
+            .and_then(|id| self.ids.counter_of(id));
+        if let Some(pending) = counter.and_then(|counter| self.registry.remove(counter)) {
+            self.finish(
+                now,
+                pending,
+                Err(ActionError::Discarded(discard.error.clone())),
+            );
+        }
+        self.report(Output::Discarded(discard));
+    }
+
+    /// Hands a message to the action it belongs to, or to the application.
+    fn route(&mut self, now: Instant, message: Message) {
+        let counter = message.action_id().and_then(|id| self.ids.counter_of(id));
+        let message = match counter
+            .and_then(|counter| self.registry.get_mut(counter).map(|p| (counter, p)))
+        {
+            Some((counter, pending)) => {
+                let old_deadline = pending.deadline;
+                let progress = match message.kind() {
+                    MessageKind::Event => pending.on_event(message, self.config.max_list_items),
+                    _ => pending.on_response(message, now),
+                };
+                match progress {
+                    Progress::Continue => {
+                        self.registry.reschedule(counter, old_deadline);
+                        return;
+                    }
+                    Progress::Done(result) => {
+                        if let Some(pending) = self.registry.remove(counter) {
+                            self.finish(now, pending, result);
+                        }
+                        return;
+                    }
+                    Progress::NotMine(message) => message,
+                }
+            }
+            None => message,
+        };
+        if message.kind() == MessageKind::Event {
+            let event = Event {
+                server_key: self.server_key.clone(),
+                received_at: now,
+                message,
+            };
+            if let Pushed::DroppedOldest {
+                warn: true,
+                dropped_since_warning,
+            } = self.events.push(event, now)
+            {
+                tracing::warn!(
+                    server_key = %self.server_key,
+                    queue_depth = self.events.len(),
+                    dropped = dropped_since_warning,
+                    dropped_total = self.events.counters().dropped,
+                    "event queue full: dropped the oldest events"
+                );
+            }
+        } else {
+            self.stats.unmatched += 1;
+            tracing::debug!(server_key = %self.server_key, action_id = message.action_id().unwrap_or(""), "unmatched response");
+            self.report(Output::Unmatched(message));
+        }
+    }
+
+    /// Completes `pending` (already out of the registry) with `result`.
+    fn finish(&mut self, now: Instant, pending: Pending, result: Result<Reply, ActionError>) {
+        match pending.purpose {
+            Purpose::User => {
+                if result.is_ok() {
+                    self.stats.completed += 1;
+                } else {
+                    self.stats.failed += 1;
+                }
+                tracing::debug!(server_key = %self.server_key, action_id = %pending.action_id, ok = result.is_ok(), "action completed");
+                self.outputs.push_back(Output::Completed(Completion {
+                    action_id: pending.action_id,
+                    sent_at: pending.sent_at,
+                    completed_at: now,
+                    result,
+                }));
+            }
+            Purpose::Challenge => match result {
+                Ok(reply) => {
+                    let challenge = reply.response.get("Challenge").unwrap_or_default();
+                    let login = action::LoginMd5::new(
+                        self.config.username.clone(),
+                        challenge,
+                        &self.config.secret,
+                    )
+                    .with_events(self.config.events.clone());
+                    let timeout = self.config.read_timeout;
+                    self.send_internal(now, login.into(), Purpose::Login, timeout);
+                }
+                Err(error) => self.login_failed(now, error),
+            },
+            Purpose::Login => match result {
+                Ok(_) => {
+                    self.heartbeat_misses = 0;
+                    self.timers
+                        .set(Timer::Heartbeat, now + self.config.heartbeat_interval);
+                    self.set_state(State::Healthy);
+                }
+                Err(error) => self.login_failed(now, error),
+            },
+            Purpose::Heartbeat => match result {
+                // Any answer, even an error, proves the session is alive.
+                Ok(_) | Err(ActionError::Rejected { .. }) => {
+                    self.heartbeat_misses = 0;
+                    if self.state == State::Degraded {
+                        self.set_state(State::Healthy);
+                    }
+                }
+                Err(ActionError::Timeout { .. }) => {
+                    self.heartbeat_misses += 1;
+                    self.stats.heartbeat_misses += 1;
+                    tracing::warn!(server_key = %self.server_key, misses = self.heartbeat_misses, "heartbeat unanswered");
+                    if self.heartbeat_misses >= self.config.heartbeat_max_misses {
+                        self.close_with(
+                            now,
+                            CloseReason::HeartbeatTimeout {
+                                misses: self.heartbeat_misses,
+                            },
+                        );
+                    } else if self.state == State::Healthy {
+                        self.set_state(State::Degraded);
+                    }
+                }
+                Err(_) => {}
+            },
+            Purpose::Logoff => match result {
+                Err(ActionError::Timeout { .. }) => {
+                    self.close_with(now, CloseReason::LogoffTimeout)
+                }
+                _ => self.close_with(now, CloseReason::Graceful),
+            },
+        }
+    }
+
+    fn login_failed(&mut self, now: Instant, error: ActionError) {
+        let reason = match error {
+            ActionError::Rejected { message, .. } => CloseReason::AuthenticationFailed { message },
+            ActionError::ConnectionClosed { reason } => reason,
+            _ => CloseReason::LoginTimeout,
+        };
+        self.close_with(now, reason);
+    }
+
+    /// Writes an action of the connection's own; internal actions are few and small,
+    /// so they bypass the limits that protect against the application.
+    fn send_internal(&mut self, now: Instant, action: Action, purpose: Purpose, timeout: Duration) {
+        let (counter, action_id) = self.ids.next_id();
+        match action.encode(&action_id, &mut self.transmit) {
+            Ok(()) => self.register(now, counter, action_id, &action, purpose, timeout),
+            // Only a username with CR/LF (or over 1000 bytes) gets here: login cannot work.
+            Err(error) => {
+                let message = format!("cannot encode {}: {error}", action.name());
+                self.close_with(now, CloseReason::AuthenticationFailed { message });
+            }
+        }
+    }
+
+    fn register(
+        &mut self,
+        now: Instant,
+        counter: u64,
+        action_id: String,
+        action: &Action,
+        purpose: Purpose,
+        timeout: Duration,
+    ) {
+        self.registry.insert(
+            counter,
+            Pending {
+                action_id,
+                purpose,
+                strategy: action.strategy(),
+                stage: Stage::Response,
+                sent_at: now,
+                deadline: now + timeout,
+                timeout,
+                response: None,
+                events: Vec::new(),
+                items: 0,
+            },
+        );
+    }
+
+    fn report(&mut self, output: Output) {
+        if self.queued_reports >= MAX_QUEUED_REPORTS {
+            self.stats.reports_dropped += 1;
+            return;
+        }
+        self.queued_reports += 1;
+        self.outputs.push_back(output);
+    }
+
+    fn set_state(&mut self, to: State) {
+        let from = self.state;
+        if from == to {
+            return;
+        }
+        self.state = to;
+        tracing::info!(server_key = %self.server_key, ?from, ?to, "connection state");
+        self.outputs.push_back(Output::StateChanged { from, to });
+    }
+
+    /// Closes for good: every pending action fails with `reason`, exactly once.
+    fn close_with(&mut self, now: Instant, reason: CloseReason) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.timers.stop_all();
+        // Closed before `finish` runs, so that internal actions failing here do not
+        // try to close again.
+        let from = self.state;
+        self.state = State::Closed;
+        for pending in self.registry.drain() {
+            if pending.purpose == Purpose::User {
+                self.finish(
+                    now,
+                    pending,
+                    Err(ActionError::ConnectionClosed {
+                        reason: reason.clone(),
+                    }),
+                );
+            }
+        }
+        self.transmit.clear();
+        self.transmitted = 0;
+        tracing::info!(server_key = %self.server_key, ?from, %reason, "connection closed");
+        self.outputs.push_back(Output::StateChanged {
+            from,
+            to: State::Closed,
+        });
+        self.outputs.push_back(Output::Closed(reason));
+    }
+}
