@@ -41,6 +41,21 @@ impl Field {
     }
 }
 
+/// Where the parser found the headers that give a message its shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// `fields[..headers]` are headers; the rest are legacy `Follows` body lines.
+    pub(crate) headers: usize,
+    /// A legacy `Response: Follows` message.
+    pub(crate) follows: bool,
+    /// Index of the first `Event` header.
+    pub(crate) event: Option<usize>,
+    /// Index of the first `Response` header.
+    pub(crate) response: Option<usize>,
+    /// Index of the first `ActionID` header.
+    pub(crate) action_id: Option<usize>,
+}
+
 /// One AMI message: an event or a response.
 ///
 /// Cheap to clone (the buffer is reference counted). Values are UTF-8: the rare
@@ -60,42 +75,29 @@ pub struct Message {
 }
 
 impl Message {
-    /// Builds a message from a UTF-8 buffer and the fields found in it.
-    pub(crate) fn from_parts(buf: Bytes, fields: &[Field], headers: usize, follows: bool) -> Self {
+    /// Builds a message from a UTF-8 buffer, the fields found in it and where the
+    /// parser saw the headers that matter.
+    pub(crate) fn from_parts(buf: Bytes, fields: &[Field], layout: Layout) -> Self {
         debug_assert!(std::str::from_utf8(&buf).is_ok());
-        let mut message = Message {
+        let (kind, name_index) = match (layout.event, layout.response) {
+            (Some(index), _) => (MessageKind::Event, index),
+            (None, Some(index)) => (MessageKind::Response, index),
+            (None, None) => (MessageKind::Unknown, 0),
+        };
+        Message {
             buf,
             fields: fields.into(),
-            headers: headers as u32,
-            kind: MessageKind::Unknown,
-            follows,
-            name_index: 0,
-            action_id_index: None,
-        };
-        let mut response_index = None;
-        for (index, field) in message.fields[..headers].iter().enumerate() {
-            let key = message.slice(field.key_start, field.key_end);
-            if message.kind != MessageKind::Event && key.eq_ignore_ascii_case("Event") {
-                message.kind = MessageKind::Event;
-                message.name_index = index as u32;
-            } else if response_index.is_none() && key.eq_ignore_ascii_case("Response") {
-                response_index = Some(index as u32);
-            } else if message.action_id_index.is_none() && key.eq_ignore_ascii_case("ActionID") {
-                message.action_id_index = Some(index as u32);
-            }
+            headers: layout.headers as u32,
+            kind,
+            follows: layout.follows,
+            name_index: name_index as u32,
+            action_id_index: layout.action_id.map(|index| index as u32),
         }
-        if message.kind != MessageKind::Event {
-            if let Some(index) = response_index {
-                message.kind = MessageKind::Response;
-                message.name_index = index;
-            }
-        }
-        message
     }
 
     /// A message with no headers (a stand-in that is never handed out).
     pub(crate) fn empty() -> Self {
-        Message::from_parts(Bytes::new(), &[], 0, false)
+        Message::from_parts(Bytes::new(), &[], Layout::default())
     }
 
     fn slice(&self, start: u32, end: u32) -> &str {

@@ -27,7 +27,7 @@
 use bytes::Bytes;
 use memchr::memchr;
 
-use crate::message::{Field, Message};
+use crate::message::{Field, Layout, Message};
 
 /// Size limits of the parser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,8 +167,9 @@ pub struct Parser {
     fields: Vec<Field>,
     /// How many of `fields` are headers (the rest are `Follows` body lines).
     headers: usize,
-    has_event: bool,
-    has_response: bool,
+    /// Index in `fields` of the first `Event`, `Response` and `ActionID` headers.
+    event_field: Option<usize>,
+    response_field: Option<usize>,
     action_id_field: Option<usize>,
     /// The size limit of the message in progress.
     limit: usize,
@@ -186,8 +187,8 @@ impl Parser {
             searched: 0,
             fields: Vec::new(),
             headers: 0,
-            has_event: false,
-            has_response: false,
+            event_field: None,
+            response_field: None,
             action_id_field: None,
             limit: limits.max_frame_size,
         }
@@ -253,7 +254,7 @@ impl Parser {
 
     /// Parses every complete line in the buffer.
     fn parse_buffer(&mut self, emit: &mut impl FnMut(Parsed)) {
-        while let Some(offset) = memchr(b'\n', &self.buf[self.searched..]) {
+        while let Some(offset) = find_newline(&self.buf[self.searched..]) {
             let newline = self.searched + offset;
             let line_end = newline + 1;
             self.searched = line_end;
@@ -346,7 +347,10 @@ impl Parser {
                 {
                     self.mode = Mode::FollowsHeaders;
                     self.limit = self.limits.max_command_output;
-                } else if self.has_response && !self.has_event && self.key_is(last, "Output") {
+                } else if self.response_field.is_some()
+                    && self.event_field.is_none()
+                    && self.key_is(last, "Output")
+                {
                     self.limit = self.limits.max_command_output;
                 }
             }
@@ -361,6 +365,7 @@ impl Parser {
                 self.fields.truncate(checkpoint);
                 self.headers = checkpoint;
                 self.action_id_field = self.action_id_field.filter(|&i| i < checkpoint);
+                self.event_field = self.event_field.filter(|&i| i < checkpoint);
                 self.mode = Mode::FollowsBody;
                 self.push_body_line(start, end, line_end, emit);
             }
@@ -373,7 +378,7 @@ impl Parser {
     /// Records a header line; false when it is not `Key: Value`.
     fn push_header(&mut self, start: usize, end: usize) -> bool {
         let line = &self.buf[start..end];
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = find_colon(line) else {
             return false;
         };
         if colon == 0 {
@@ -384,13 +389,17 @@ impl Parser {
             value += 1;
         }
         let key = &line[..colon];
-        if key.len() == 5 && key.eq_ignore_ascii_case(b"Event") {
-            self.has_event = true;
+        // The three keys that shape a message are found here, once, by length first.
+        let index = Some(self.fields.len());
+        if key.len() == 5 {
+            if self.event_field.is_none() && key.eq_ignore_ascii_case(b"Event") {
+                self.event_field = index;
+            }
         } else if key.len() == 8 {
-            if key.eq_ignore_ascii_case(b"Response") {
-                self.has_response = true;
+            if self.response_field.is_none() && key.eq_ignore_ascii_case(b"Response") {
+                self.response_field = index;
             } else if self.action_id_field.is_none() && key.eq_ignore_ascii_case(b"ActionID") {
-                self.action_id_field = Some(self.fields.len());
+                self.action_id_field = index;
             }
         }
         let base = start - self.msg_start;
@@ -463,13 +472,16 @@ impl Parser {
     fn complete(&mut self, end: usize, next: usize, emit: &mut impl FnMut(Parsed)) {
         let bytes = &self.buf[self.msg_start..end];
         let follows = matches!(self.mode, Mode::FollowsHeaders | Mode::FollowsBody);
-        let message = if std::str::from_utf8(bytes).is_ok() {
-            Message::from_parts(
-                Bytes::copy_from_slice(bytes),
-                &self.fields,
-                self.headers,
-                follows,
-            )
+        let layout = Layout {
+            headers: self.headers,
+            follows,
+            event: self.event_field,
+            response: self.response_field,
+            action_id: self.action_id_field,
+        };
+        // `is_ascii` first: it is the common case and several times cheaper.
+        let message = if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+            Message::from_parts(Bytes::copy_from_slice(bytes), &self.fields, layout)
         } else {
             reparse_lossy(bytes, follows)
         };
@@ -484,8 +496,8 @@ impl Parser {
         self.line_start = next;
         self.fields.clear();
         self.headers = 0;
-        self.has_event = false;
-        self.has_response = false;
+        self.event_field = None;
+        self.response_field = None;
         self.action_id_field = None;
         self.limit = self.limits.max_frame_size;
     }
@@ -541,6 +553,50 @@ impl Parser {
     }
 }
 
+/// The position of the first `:` in `line`. Keys are short (10 bytes on average), too
+/// short for a SIMD search to pay off, so this tests 8 bytes per step in a `u64`
+/// (the classic "has zero byte" trick on `word ^ b":::::::: "`).
+fn find_colon(line: &[u8]) -> Option<usize> {
+    find_byte::<b':'>(line)
+}
+
+/// The position of the first `\n`. Most AMI lines are short (about 30 bytes), where a
+/// word-at-a-time search beats a SIMD call; longer lines go to `memchr`.
+fn find_newline(haystack: &[u8]) -> Option<usize> {
+    const SHORT: usize = 32;
+    if haystack.len() <= SHORT {
+        return find_byte::<b'\n'>(haystack);
+    }
+    find_byte::<b'\n'>(&haystack[..SHORT])
+        .or_else(|| memchr(b'\n', &haystack[SHORT..]).map(|i| SHORT + i))
+}
+
+/// The position of the first `NEEDLE` in `haystack`, 8 bytes per step.
+#[inline(always)]
+fn find_byte<const NEEDLE: u8>(line: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let needles: u64 = u64::from_ne_bytes([NEEDLE; 8]);
+    let mut chunks = line.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let diff = u64::from_le_bytes(word) ^ needles;
+        // The lowest flagged byte is exact; borrows can only flag bytes above it.
+        let found = diff.wrapping_sub(ONES) & !diff & HIGHS;
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == NEEDLE)
+        .map(|i| offset + i)
+}
+
 /// Rebuilds a message whose bytes are not valid UTF-8, replacing each invalid sequence
 /// with U+FFFD. The replacement holds no `:` or `\n`, so the structure is unchanged.
 fn reparse_lossy(bytes: &[u8], follows: bool) -> Message {
@@ -561,5 +617,35 @@ fn reparse_lossy(bytes: &[u8], follows: bool) -> Message {
         }
     });
     // The bytes were one complete message before the replacement, so they still are.
-    rebuilt.unwrap_or_else(|| Message::from_parts(Bytes::new(), &[], 0, follows))
+    rebuilt.unwrap_or_else(Message::empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_colon;
+
+    #[test]
+    fn find_colon_agrees_with_a_plain_search() {
+        let mut line = Vec::new();
+        for len in 0..40 {
+            for colon_at in 0..=len {
+                line.clear();
+                line.extend((0..len).map(|i| {
+                    if i == colon_at {
+                        b':'
+                    } else {
+                        b'a' + (i % 26) as u8
+                    }
+                }));
+                // Bytes just around ':' (0x3a) must not be mistaken for it.
+                if len > 0 && colon_at != 0 {
+                    line[0] = 0x39;
+                }
+                let expected = line.iter().position(|&b| b == b':');
+                assert_eq!(find_colon(&line), expected, "{line:?}");
+            }
+        }
+        assert_eq!(find_colon(b"\x3b\x3a\x3a"), Some(1));
+        assert_eq!(find_colon(&[0xff; 17]), None);
+    }
 }
