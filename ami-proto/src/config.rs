@@ -40,7 +40,8 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Default deadline for an action's response (30 s); an action may set its own.
     pub action_timeout: Duration,
-    /// Interval between heartbeat `Ping`s once logged in (`heartbeat_interval`, 15 s).
+    /// Interval between heartbeat `Ping`s once logged in (`heartbeat_interval`, 15 s);
+    /// zero disables heartbeats.
     pub heartbeat_interval: Duration,
     /// Deadline for a heartbeat's `Pong` (5 s); a miss makes the connection degraded.
     pub heartbeat_timeout: Duration,

@@ -40,6 +40,13 @@ const BANNER_PREFIX: &str = "Asterisk Call Manager/";
 /// most; past this they are only counted in [`Stats`].
 const MAX_QUEUED_REPORTS: usize = 1024;
 
+/// Whether a message is a broadcast event: those carry `Privilege:`, list items and
+/// responses do not (PROTOCOL-NOTES 21). A broadcast may carry our ActionID (the
+/// `UserEvent` action copies it) and is then still news for the application.
+fn is_broadcast(message: &Message) -> bool {
+    message.kind() == MessageKind::Event && message.get("Privilege").is_some()
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
@@ -106,6 +113,8 @@ pub struct Stats {
     pub discarded_bytes: u64,
     /// Responses that completed nothing.
     pub unmatched: u64,
+    /// Replies (late responses, rest of a list) to actions that had already completed.
+    pub late_replies: u64,
     /// Reports dropped because the application did not poll them in time.
     pub reports_dropped: u64,
     /// Actions completed successfully.
@@ -121,7 +130,8 @@ pub struct Stats {
 }
 
 /// One AMI session. See the [module documentation](self).
-#[derive(Debug)]
+///
+/// `Debug` shows the state and sizes, never buffer contents (they hold the login).
 pub struct Connection {
     config: Config,
     server_key: Arc<str>,
@@ -141,6 +151,20 @@ pub struct Connection {
     heartbeat_misses: u32,
     banner: Option<String>,
     stats: Stats,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server_key", &self.server_key)
+            .field("state", &self.state)
+            .field("pending_actions", &self.registry.user_pending())
+            .field("queued_events", &self.events.len())
+            .field("queued_transmit", &self.queued_transmit())
+            .field("buffered_input", &self.parser.buffered())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Connection {
@@ -275,8 +299,7 @@ impl Connection {
                 Timer::Connect => self.close_with(now, CloseReason::ConnectTimeout),
                 Timer::Banner => self.close_with(now, CloseReason::BannerTimeout),
                 Timer::Heartbeat => {
-                    self.timers
-                        .set(Timer::Heartbeat, now + self.config.heartbeat_interval);
+                    self.arm_heartbeat(now);
                     let timeout = self.config.heartbeat_timeout;
                     self.send_internal(now, action::Ping.into(), Purpose::Heartbeat, timeout);
                 }
@@ -360,8 +383,12 @@ impl Connection {
     // ----- outputs -----
 
     /// The next output: state changes, completions and reports in order, then events
-    /// (priority events first).
+    /// (priority events first). [`Output::Closed`] always comes last.
     pub fn poll(&mut self) -> Option<Output> {
+        if matches!(self.outputs.front(), Some(Output::Closed(_))) && !self.events.is_empty() {
+            // `Closed` is the very last output: events received before it come first.
+            return self.events.pop().map(Output::Event);
+        }
         if let Some(output) = self.outputs.pop_front() {
             if matches!(output, Output::Discarded(_) | Output::Unmatched(_)) {
                 self.queued_reports -= 1;
@@ -487,7 +514,9 @@ impl Connection {
             Some((counter, pending)) => {
                 let old_deadline = pending.deadline;
                 let progress = match message.kind() {
-                    MessageKind::Event => pending.on_event(message, self.config.max_list_items),
+                    MessageKind::Event => {
+                        pending.on_event(message, self.config.max_list_items, now)
+                    }
                     _ => pending.on_response(message, now),
                 };
                 match progress {
@@ -503,6 +532,14 @@ impl Connection {
                     }
                     Progress::NotMine(message) => message,
                 }
+            }
+            None if counter.is_some() && !is_broadcast(&message) => {
+                // Ours, but its action already completed (timed out, failed early):
+                // a late response or the rest of a list. Counted, never delivered as
+                // if it were news.
+                self.stats.late_replies += 1;
+                tracing::debug!(server_key = %self.server_key, action_id = message.action_id().unwrap_or(""), "late reply dropped");
+                return;
             }
             None => message,
         };
@@ -549,6 +586,8 @@ impl Connection {
                     result,
                 }));
             }
+            // Closing: the Logoff is on its way; log in no further.
+            Purpose::Challenge | Purpose::Login if self.state == State::Closing => {}
             Purpose::Challenge => match result {
                 Ok(reply) => {
                     let challenge = reply.response.get("Challenge").unwrap_or_default();
@@ -566,8 +605,7 @@ impl Connection {
             Purpose::Login => match result {
                 Ok(_) => {
                     self.heartbeat_misses = 0;
-                    self.timers
-                        .set(Timer::Heartbeat, now + self.config.heartbeat_interval);
+                    self.arm_heartbeat(now);
                     self.set_state(State::Healthy);
                 }
                 Err(error) => self.login_failed(now, error),
@@ -584,7 +622,9 @@ impl Connection {
                     self.heartbeat_misses += 1;
                     self.stats.heartbeat_misses += 1;
                     tracing::warn!(server_key = %self.server_key, misses = self.heartbeat_misses, "heartbeat unanswered");
-                    if self.heartbeat_misses >= self.config.heartbeat_max_misses {
+                    if self.state == State::Closing {
+                        // The Logoff deadline decides now.
+                    } else if self.heartbeat_misses >= self.config.heartbeat_max_misses {
                         self.close_with(
                             now,
                             CloseReason::HeartbeatTimeout {
@@ -603,6 +643,14 @@ impl Connection {
                 }
                 _ => self.close_with(now, CloseReason::Graceful),
             },
+        }
+    }
+
+    /// Schedules the next heartbeat; an interval of zero disables heartbeats.
+    fn arm_heartbeat(&mut self, now: Instant) {
+        if !self.config.heartbeat_interval.is_zero() {
+            self.timers
+                .set(Timer::Heartbeat, now + self.config.heartbeat_interval);
         }
     }
 

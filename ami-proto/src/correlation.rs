@@ -65,8 +65,13 @@ impl ActionIds {
     /// The counter of an ActionID this generator issued, or `None` for any other.
     pub fn counter_of(&self, action_id: &str) -> Option<u64> {
         let digits = action_id.strip_prefix(self.prefix.as_str())?;
-        if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        // Only the exact form we write: lowercase hex without leading zeros.
+        let canonical = matches!(digits.as_bytes(), [first, ..] if *first != b'0')
+            && digits.len() <= 16
+            && digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !canonical {
             return None;
         }
         u64::from_str_radix(digits, 16)
@@ -187,7 +192,13 @@ impl Pending {
     }
 
     /// Applies an event that carries this action's ActionID.
-    pub(crate) fn on_event(&mut self, event: Message, max_list_items: usize) -> Progress {
+    /// Each list item restarts the deadline: a long list fails only when it stalls.
+    pub(crate) fn on_event(
+        &mut self,
+        event: Message,
+        max_list_items: usize,
+        now: Instant,
+    ) -> Progress {
         match self.stage {
             Stage::EventList => {
                 let ends_list = event
@@ -207,6 +218,7 @@ impl Pending {
                     }));
                 }
                 self.items += 1;
+                self.deadline = now + self.timeout;
                 // Past the cap, items are counted (for the error) but not kept.
                 if self.events.len() < max_list_items {
                     self.events.push(event);

@@ -151,7 +151,8 @@ enum Mode {
 const SENTINEL: &[u8] = b"--END COMMAND--";
 
 /// The incremental parser. See the [module documentation](self).
-#[derive(Debug)]
+///
+/// `Debug` shows sizes, never the bytes held (they may carry secrets).
 pub struct Parser {
     limits: Limits,
     mode: Mode,
@@ -173,6 +174,16 @@ pub struct Parser {
     action_id_field: Option<usize>,
     /// The size limit of the message in progress.
     limit: usize,
+}
+
+impl std::fmt::Debug for Parser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parser")
+            .field("limits", &self.limits)
+            .field("buffered", &self.buffered())
+            .field("discarding", &matches!(self.mode, Mode::Discarding { .. }))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Parser {
