@@ -1,1 +1,104 @@
-fn main() {}
+//! `ami`: the command-line worker of the AMI client.
+//!
+//! `main` only parses the command line and dispatches to one module per subcommand;
+//! each subcommand returns `Result<(), CliError>` and this file turns the error into a
+//! message on stderr and an exit code.
+
+mod decode;
+
+use std::fmt;
+use std::io;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The `ami` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ami",
+    version,
+    about = "Asterisk Manager Interface client tools"
+)]
+struct Cli {
+    /// The subcommand to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands of `ami`.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode raw AMI bytes (as a client receives them) into one JSON object per line.
+    Decode(decode::DecodeArgs),
+}
+
+/// Why a subcommand failed.
+#[derive(Debug)]
+pub enum CliError {
+    /// The command line or its inputs were unusable (exit code 2).
+    Usage(String),
+    /// Reading or writing failed (exit code 1).
+    Io {
+        /// What was being done, e.g. `cannot open capture.raw`.
+        context: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+impl CliError {
+    /// An I/O error with a description of what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        CliError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Io { .. } => 1,
+        }
+    }
+
+    /// Whether this is a write to a closed pipe (`ami decode | head`), which ends the
+    /// command quietly and successfully.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(message) => f.write_str(message),
+            CliError::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::Usage(_) => None,
+            CliError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Decode(args) => decode::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ami: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
