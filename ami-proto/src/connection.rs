@@ -150,6 +150,7 @@ pub struct Connection {
     timers: TimerTable,
     heartbeat_misses: u32,
     banner: Option<String>,
+    close_reason: Option<CloseReason>,
     stats: Stats,
 }
 
@@ -195,6 +196,7 @@ impl Connection {
             timers,
             heartbeat_misses: 0,
             banner: None,
+            close_reason: None,
             stats: Stats::default(),
             config,
         }
@@ -215,6 +217,11 @@ impl Connection {
     /// The banner, once received (e.g. `Asterisk Call Manager/11.0.0`).
     pub fn banner(&self) -> Option<&str> {
         self.banner.as_deref()
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
     }
 
     /// The counters.
@@ -750,6 +757,7 @@ impl Connection {
             from,
             to: State::Closed,
         });
+        self.close_reason = Some(reason.clone());
         self.outputs.push_back(Output::Closed(reason));
     }
 }

@@ -1,0 +1,137 @@
+//! Event subscriptions: by name, catch-all, per server, with header filters.
+//!
+//! Listeners run inside the tick, after every socket has been read. A listener that
+//! panics is caught, counted and logged; it never takes the worker down.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use ami_proto::{Event, State};
+
+/// Which events a listener wants. Every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    event: Option<String>,
+    server: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+impl Filter {
+    /// Every event of every server.
+    pub fn any() -> Self {
+        Filter::default()
+    }
+
+    /// Only events named `name` (case-insensitive).
+    pub fn event(name: impl Into<String>) -> Self {
+        Filter {
+            event: Some(name.into()),
+            ..Filter::default()
+        }
+    }
+
+    /// Only events from the server `key`.
+    pub fn server(mut self, key: impl Into<String>) -> Self {
+        self.server = Some(key.into());
+        self
+    }
+
+    /// Only events whose header `key` (case-insensitive) has exactly `value`, e.g.
+    /// `Filter::event("Hangup").header("Channel", "PJSIP/100")`.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// Whether `event` passes.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.event
+            .as_deref()
+            .is_none_or(|name| name.eq_ignore_ascii_case(event.name()))
+            && self
+                .server
+                .as_deref()
+                .is_none_or(|key| key == &*event.server_key)
+            && self
+                .headers
+                .iter()
+                .all(|(key, value)| event.message.get_all(key).any(|v| v == value))
+    }
+}
+
+/// Identifies a listener, to remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(u64);
+
+type EventListener = Box<dyn FnMut(&Event)>;
+type StateListener = Box<dyn FnMut(&str, State, State)>;
+
+/// Every listener of a driver.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    events: Vec<(SubscriptionId, Filter, EventListener)>,
+    states: Vec<(SubscriptionId, StateListener)>,
+    next_id: u64,
+    /// Listener calls that panicked.
+    pub(crate) panics: u64,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("events", &self.events.len())
+            .field("states", &self.states.len())
+            .field("panics", &self.panics)
+            .finish()
+    }
+}
+
+impl Listeners {
+    fn next_id(&mut self) -> SubscriptionId {
+        self.next_id += 1;
+        SubscriptionId(self.next_id)
+    }
+
+    pub(crate) fn add_event(&mut self, filter: Filter, listener: EventListener) -> SubscriptionId {
+        let id = self.next_id();
+        self.events.push((id, filter, listener));
+        id
+    }
+
+    pub(crate) fn add_state(&mut self, listener: StateListener) -> SubscriptionId {
+        let id = self.next_id();
+        self.states.push((id, listener));
+        id
+    }
+
+    /// Removes a listener; false if there was none with this id.
+    pub(crate) fn remove(&mut self, id: SubscriptionId) -> bool {
+        let before = self.events.len() + self.states.len();
+        self.events.retain(|(i, _, _)| *i != id);
+        self.states.retain(|(i, _)| *i != id);
+        before != self.events.len() + self.states.len()
+    }
+
+    /// Whether any event listener exists (events are not cloned out otherwise).
+    pub(crate) fn has_event_listeners(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    pub(crate) fn dispatch_event(&mut self, event: &Event) {
+        for (_, filter, listener) in &mut self.events {
+            if filter.matches(event) && catch_unwind(AssertUnwindSafe(|| listener(event))).is_err()
+            {
+                self.panics += 1;
+                tracing::error!(server_key = %event.server_key, event = event.name(), "event listener panicked");
+            }
+        }
+    }
+
+    pub(crate) fn dispatch_state(&mut self, server_key: &str, from: State, to: State) {
+        for (_, listener) in &mut self.states {
+            if catch_unwind(AssertUnwindSafe(|| listener(server_key, from, to))).is_err() {
+                self.panics += 1;
+                tracing::error!(server_key, "state listener panicked");
+            }
+        }
+    }
+}

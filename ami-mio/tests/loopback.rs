@@ -1,0 +1,259 @@
+//! The driver against a scripted AMI server on loopback.
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ami_mio::{Driver, DriverOptions, Endpoint, Filter, ServerSpec, WaitError};
+use ami_proto::{CloseReason, Config, State, action};
+
+/// Reads one action (up to its blank line) and returns its `(Action, ActionID)`.
+fn read_action(reader: &mut impl BufRead) -> Option<(String, String)> {
+    let (mut name, mut id) = (String::new(), String::new());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Some((name, id));
+        }
+        if let Some(v) = line.strip_prefix("Action: ") {
+            name = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("ActionID: ") {
+            id = v.to_owned();
+        }
+    }
+}
+
+/// A server that logs the client in, sends `events` Hangup events, answers Ping, and
+/// answers Logoff with Goodbye.
+fn scripted_server(events: usize) -> (SocketAddr, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        writer
+            .write_all(b"Asterisk Call Manager/11.0.0\r\n")
+            .unwrap();
+        while let Some((name, id)) = read_action(&mut reader) {
+            match name.as_str() {
+                "Login" => {
+                    write!(writer, "Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n").unwrap();
+                    for i in 0..events {
+                        let channel = if i % 2 == 0 { "PJSIP/100" } else { "PJSIP/200" };
+                        write!(writer, "Event: Hangup\r\nPrivilege: call,all\r\nChannel: {channel}\r\nSeq: {i}\r\n\r\n").unwrap();
+                    }
+                }
+                "Ping" => write!(
+                    writer,
+                    "Response: Success\r\nActionID: {id}\r\nPing: Pong\r\n\r\n"
+                )
+                .unwrap(),
+                "Logoff" => {
+                    write!(writer, "Response: Goodbye\r\nActionID: {id}\r\n\r\n").unwrap();
+                    return;
+                }
+                _ => write!(
+                    writer,
+                    "Response: Error\r\nActionID: {id}\r\nMessage: Invalid/unknown command\r\n\r\n"
+                )
+                .unwrap(),
+            }
+        }
+    });
+    (addr, handle)
+}
+
+fn spec(key: &str, addr: SocketAddr) -> ServerSpec {
+    ServerSpec::new(
+        Config::new(key, "admin", "secret"),
+        Endpoint::new(addr.ip().to_string(), addr.port()),
+    )
+}
+
+#[test]
+fn logs_in_receives_filtered_events_answers_and_closes_gracefully() {
+    let (addr, server) = scripted_server(1000);
+    let mut driver = Driver::new().unwrap();
+    let id = driver.add_server(spec("pbx1", addr)).unwrap();
+    let all = Rc::new(RefCell::new(Vec::new()));
+    let only_100 = Rc::new(RefCell::new(0));
+    let sink = all.clone();
+    driver.on_any_event(move |event| {
+        sink.borrow_mut()
+            .push(event.get("Seq").unwrap().parse::<usize>().unwrap())
+    });
+    let count = only_100.clone();
+    driver.subscribe(
+        Filter::event("hangup")
+            .header("Channel", "PJSIP/100")
+            .server("pbx1"),
+        move |_| *count.borrow_mut() += 1,
+    );
+    driver.subscribe(Filter::any().server("other"), |_| panic!("wrong server"));
+    driver.connect(id).unwrap();
+    driver.wait_ready(id, Duration::from_secs(5)).unwrap();
+    assert_eq!(driver.banner(id), Some("Asterisk Call Manager/11.0.0"));
+
+    let reply = driver.send_and_wait(id, action::Ping).unwrap();
+    assert_eq!(reply.response.get("Ping"), Some("Pong"));
+    let failed = driver.send_and_wait(id, action::Command::new("core show uptime"));
+    assert!(matches!(failed, Err(WaitError::Failed(_))), "{failed:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while all.borrow().len() < 1000 && Instant::now() < deadline {
+        driver.tick_all(Duration::from_millis(10));
+    }
+    assert_eq!(*all.borrow(), (0..1000).collect::<Vec<_>>());
+    assert_eq!(*only_100.borrow(), 500);
+
+    assert!(driver.shutdown(Duration::from_secs(5)));
+    assert_eq!(driver.state(id), State::Closed);
+    server.join().unwrap();
+}
+
+#[test]
+fn refused_connection_closes_with_a_transport_error() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // closed at once
+    let mut driver = Driver::new().unwrap();
+    let id = driver.add_server(spec("down", addr)).unwrap();
+    driver.connect(id).unwrap();
+    let result = driver.wait_ready(id, Duration::from_secs(5));
+    assert!(
+        matches!(result, Err(WaitError::Closed(CloseReason::Transport(_)))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_silent_server_costs_others_nothing_and_times_out_its_banner() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (addr, server) = scripted_server(10);
+    let mut driver = Driver::new().unwrap();
+    let mut stalled = Config::new("stalled", "admin", "secret");
+    stalled.read_timeout = Duration::from_millis(300);
+    let silent_addr = silent.local_addr().unwrap();
+    let stalled_id = driver
+        .add_server(ServerSpec::new(
+            stalled,
+            Endpoint::new("127.0.0.1", silent_addr.port()),
+        ))
+        .unwrap();
+    let good = driver.add_server(spec("good", addr)).unwrap();
+    driver.connect_all().unwrap();
+    let started = Instant::now();
+    driver.wait_ready(good, Duration::from_secs(5)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    let result = driver.wait_ready(stalled_id, Duration::from_secs(5));
+    assert_eq!(result, Err(WaitError::Closed(CloseReason::BannerTimeout)));
+    driver.shutdown(Duration::from_secs(5));
+    server.join().unwrap();
+}
+
+#[test]
+fn submissions_from_another_thread_wake_the_driver() {
+    let (addr, server) = scripted_server(0);
+    let mut driver = Driver::new().unwrap();
+    let id = driver.add_server(spec("pbx1", addr)).unwrap();
+    driver.connect(id).unwrap();
+    driver.wait_ready(id, Duration::from_secs(5)).unwrap();
+    let submitter = driver.submitter();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let thread = thread::spawn(move || {
+        let tx = done_tx.clone();
+        submitter
+            .submit("pbx1", action::Ping, move |r| {
+                tx.send(r.map(|_| ())).unwrap()
+            })
+            .unwrap();
+        submitter
+            .submit("nope", action::Ping, move |r| {
+                done_tx.send(r.map(|_| ())).unwrap()
+            })
+            .unwrap();
+    });
+    thread.join().unwrap();
+    let started = Instant::now();
+    let mut results = Vec::new();
+    while results.len() < 2 && started.elapsed() < Duration::from_secs(5) {
+        // A long timeout: the waker must cut it short.
+        driver.tick_all(Duration::from_millis(250));
+        results.extend(done_rx.try_iter());
+    }
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(results.iter().any(Result::is_ok));
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(ami_mio::SubmitError::UnknownServer(_))))
+    );
+    driver.shutdown(Duration::from_secs(5));
+    server.join().unwrap();
+}
+
+#[test]
+fn oversized_tick_timeouts_are_clamped_and_counted() {
+    let mut driver = Driver::new().unwrap();
+    let started = Instant::now();
+    driver.tick_all(Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(driver.stats().clamped_timeouts, 1);
+}
+
+#[test]
+fn hostnames_are_refused_unless_a_resolver_is_given() {
+    let mut driver = Driver::new().unwrap();
+    let named = ServerSpec::new(
+        Config::new("named", "u", "s"),
+        Endpoint::new("pbx.example", 5038),
+    );
+    assert!(matches!(
+        driver.add_server(named.clone()),
+        Err(ami_mio::DriverError::Endpoint(_))
+    ));
+    let options = DriverOptions {
+        enforce_ip_endpoints: false,
+        resolver: Some(Box::new(|_: &str, port: u16| {
+            Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+        })),
+        ..DriverOptions::default()
+    };
+    let mut driver = Driver::with_options(options).unwrap();
+    assert!(driver.add_server(named).is_ok());
+}
+
+#[test]
+fn a_panicking_listener_is_caught_and_counted() {
+    let (addr, server) = scripted_server(5);
+    let mut driver = Driver::new().unwrap();
+    let id = driver.add_server(spec("pbx1", addr)).unwrap();
+    driver.on_event("Hangup", |_| panic!("listener bug"));
+    let seen = Rc::new(RefCell::new(0));
+    let counter = seen.clone();
+    driver.on_any_event(move |_| *counter.borrow_mut() += 1);
+    driver.connect(id).unwrap();
+    driver.wait_ready(id, Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while *seen.borrow() < 5 && Instant::now() < deadline {
+        driver.tick_all(Duration::from_millis(10));
+    }
+    assert_eq!(*seen.borrow(), 5);
+    assert_eq!(driver.stats().callback_panics, 5);
+    assert_eq!(driver.state(id), State::Healthy);
+    driver.shutdown(Duration::from_secs(5));
+    server.join().unwrap();
+}
