@@ -9,7 +9,8 @@
 # Typical use:   set -a; eval "$(scripts/asterisk.sh start)"; set +a
 #
 # `start` prints KEY=VALUE lines on stdout (progress goes to stderr):
-#   AMI_ASTERISK_<NAME>_{HOST,PORT,TLS_PORT,TLS_CA,USER,SECRET,VERSION,AMI_VERSION,LOG}
+#   AMI_ASTERISK_<NAME>_{HOST,PORT,TLS_PORT,TLS_CA,USER,SECRET,VERSION,FULL_VERSION,
+#   AMI_VERSION,LOG} (VERSION 22.10.1, FULL_VERSION the Debian one, AMI_VERSION the banner's)
 # and, for instance `a` only, the same without the <NAME>_ part (AMI_ASTERISK_PORT, ...).
 # The same lines are kept in <run dir>/env for harnesses that prefer a file.
 #
@@ -171,8 +172,9 @@ ensure_chroot() {
 # Tests trust ca.pem. Made with the host's openssl; lock held.
 ensure_tls() {
     local dir="$CHROOT/etc/ami-rs/tls"
-    [[ -s $dir/ca.pem && -s $dir/server.pem && -s $dir/server.key ]] && return 0
+    # Also needed by every start, to check AMI over TLS.
     host_need openssl openssl
+    [[ -s $dir/ca.pem && -s $dir/server.pem && -s $dir/server.key ]] && return 0
     mkdir -p "$dir"
     local work
     work=$(mktemp -d)
@@ -220,7 +222,7 @@ EOF
 check_name() {
     [[ $1 =~ ^[a-z][a-z0-9]{0,15}$ ]] || die "bad instance name '$1' (want [a-z][a-z0-9]*)"
     # These would make AMI_ASTERISK_<NAME>_... collide with instance a's unprefixed names.
-    case $1 in host | port | tls | user | secret | version | ami | log | all)
+    case $1 in host | port | tls | user | secret | version | full | ami | log | all)
         die "instance name '$1' is reserved" ;;
     esac
 }
@@ -245,6 +247,11 @@ running_pid() {
     pid=$(<"$h_run/pid")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     [[ $(cat "/proc/$pid/comm" 2>/dev/null) == asterisk ]] || return 1
+    # Not a zombie waiting to be reaped (state Z/X after the "(comm)" field).
+    local stat
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != [ZX] ]] || return 1
     echo "$pid"
 }
 
@@ -327,8 +334,18 @@ dateformat = %F %T.%3q
 [logfiles]
 messages.log => notice,warning,error
 EOF
-    # Keep per-channel noise down: no CDRs.
+    # Keep per-channel noise down: no CDRs, no CEL.
     printf '[general]\nenable = no\n' >"$h_etc/cdr.conf"
+    printf '[general]\nenable = no\n' >"$h_etc/cel.conf"
+    # Empty files for what the core reads at boot, to keep errors out of messages.log.
+    for m in acl.conf ccss.conf features.conf queuerules.conf udptl.conf; do
+        : >"$h_etc/$m"
+    done
+    # Tones (busy, ringing, congestion) as packaged.
+    if [[ -f $CHROOT/etc/asterisk/indications.conf ]]; then
+        cp "$CHROOT/etc/asterisk/indications.conf" "$h_etc/"
+    fi
+    # ACL rules apply in order and the last match wins: deny everything, then permit.
     cat >"$h_etc/manager.conf" <<EOF
 [general]
 enabled = yes
@@ -345,16 +362,16 @@ tlsprivatekey = /etc/ami-rs/tls/server.key
 secret = amp111
 read = all
 write = all
-permit = 127.0.0.1/255.255.255.255
 deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.1/255.255.255.255
 
 ; every read class except call: never sees OriginateResponse
 [nocall]
 secret = amp111
 read = system,log,verbose,command,agent,user,config,dtmf,reporting,cdr,dialplan,originate,agi,cc,aoc,test,security,message
 write = all
-permit = 127.0.0.1/255.255.255.255
 deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.1/255.255.255.255
 
 ; disconnected when a write to it blocks more than 100 ms
 [slow]
@@ -362,8 +379,8 @@ secret = amp111
 read = all
 write = all
 writetimeout = 100
-permit = 127.0.0.1/255.255.255.255
 deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.1/255.255.255.255
 EOF
     cat >"$h_etc/extensions.conf" <<'EOF'
 [general]
@@ -478,8 +495,8 @@ print_env() {
     done <"$h_run/state"
     local p
     for p in "${prefixes[@]}"; do
-        for key in HOST PORT TLS_PORT TLS_CA USER SECRET VERSION AMI_VERSION LOG; do
-            printf 'AMI_ASTERISK_%s%s=%q\n' "$p" "$key" "${st[$key]}"
+        for key in HOST PORT TLS_PORT TLS_CA USER SECRET VERSION FULL_VERSION AMI_VERSION LOG; do
+            printf 'AMI_ASTERISK_%s%s=%q\n' "$p" "$key" "${st[$key]-}"
         done
     done
 }
@@ -496,14 +513,17 @@ fail_start() {
             fi
         done
     } >&2
-    if [[ -n $pid ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    if [[ -n $pid ]]; then
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
     rm -rf "$h_run"
     exit 1
 }
 
 # Starts instance $name (lock held). Returns 2 when the ports were taken meanwhile.
 launch() {
-    local ports port tls_port pid deadline version ami_version
+    local ports port tls_port pid deadline version full_version ami_version
     ports=$(free_ports)
     read -r port tls_port <<<"$ports"
     write_config "$port" "$tls_port"
@@ -534,12 +554,21 @@ launch() {
         ((SECONDS < deadline)) || fail_start "no AMI login on 127.0.0.1:$port within $TIMEOUT s" "$pid"
         sleep 0.2
     done
-    # The TLS listener must be up too.
-    if ! (: <"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null; then
-        fail_start "AMI over TLS does not listen on 127.0.0.1:$tls_port" "$pid"
+    # AMI over TLS must answer too, with a certificate that verifies against our CA. (A
+    # bare TCP connect would do, but Asterisk logs an SSL error for it.)
+    local tls_out
+    tls_out=$(printf 'Action: Logoff\r\n\r\n' |
+        timeout 10 openssl s_client -quiet -ign_eof -connect "127.0.0.1:$tls_port" \
+            -CAfile "$CHROOT/etc/ami-rs/tls/ca.pem" -verify_return_error -verify_ip 127.0.0.1 \
+            2>"$h_log/tls-check.log") || true
+    if [[ $tls_out != "Asterisk Call Manager/"* ]]; then
+        cat "$h_log/tls-check.log" >&2
+        fail_start "no AMI over TLS on 127.0.0.1:$tls_port" "$pid"
     fi
-    version=$(<"$CHROOT/$READY_MARK")
-    version=${version#Asterisk }
+    # "Asterisk 22.10.1+dfsg+~cs6.17.60671434-1": VERSION=22.10.1, FULL_VERSION=the rest.
+    full_version=$(<"$CHROOT/$READY_MARK")
+    full_version=${full_version#Asterisk }
+    version=${full_version%%[!0-9.]*}
     echo "$pid" >"$h_run/pid"
     {
         echo "NAME=$name"
@@ -551,6 +580,7 @@ launch() {
         echo "USER=admin"
         echo "SECRET=amp111"
         echo "VERSION=$version"
+        echo "FULL_VERSION=$full_version"
         echo "AMI_VERSION=$ami_version"
         echo "LOG=$h_log/messages.log"
     } >"$h_run/state"
@@ -558,12 +588,20 @@ launch() {
     log "instance $name up: pid $pid, AMI 127.0.0.1:$port, TLS $tls_port, Asterisk $version"
 }
 
+# One lock (fd 9) serializes chroot builds, port choices and starts/stops.
+take_lock() {
+    exec 9>"$LOCK"
+    if ! flock -n 9; then
+        log "waiting for another asterisk.sh (building the chroot or starting an instance)"
+        flock -w 900 9 || die "timed out waiting for the lock $LOCK"
+    fi
+}
+
 cmd_start() {
     set_paths "$1"
     [[ $EUID -eq 0 ]] || die "must run as root (chroot)"
     mkdir -p "$(dirname "$CHROOT")"
-    exec 9>"$LOCK"
-    flock -w 900 9 || die "timed out waiting for the lock $LOCK"
+    take_lock
     if running_pid >/dev/null && [[ -s $h_run/state ]]; then
         print_env
         return 0
@@ -606,8 +644,7 @@ stop_one() {
 cmd_stop() {
     [[ $EUID -eq 0 ]] || die "must run as root"
     [[ -d $CHROOT ]] || return 0
-    exec 9>"$LOCK"
-    flock -w 900 9 || die "timed out waiting for the lock $LOCK"
+    take_lock
     local d
     if [[ $1 == all ]]; then
         for d in "$CHROOT"/run/ami-rs/*/; do

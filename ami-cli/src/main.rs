@@ -4,7 +4,12 @@
 //! each subcommand returns `Result<(), CliError>` and this file turns the error into a
 //! message on stderr and an exit code.
 
+mod config;
 mod decode;
+mod json;
+mod listen;
+mod send;
+mod worker;
 
 use std::fmt;
 use std::io;
@@ -22,14 +27,20 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// The subcommand to run.
     #[command(subcommand)]
-    command: Command,
+    command: Task,
 }
 
 /// The subcommands of `ami`.
 #[derive(Debug, Subcommand)]
-enum Command {
+enum Task {
     /// Decode raw AMI bytes (as a client receives them) into one JSON object per line.
     Decode(decode::DecodeArgs),
+    /// Connect, log in, and write every event to stdout as one JSON object per line.
+    Listen(listen::ListenArgs),
+    /// Send one action and print its completion as JSON.
+    Send(send::SendArgs),
+    /// Run a CLI command on Asterisk and print its output lines.
+    Command(send::CommandArgs),
 }
 
 /// Why a subcommand failed.
@@ -37,6 +48,8 @@ enum Command {
 pub enum CliError {
     /// The command line or its inputs were unusable (exit code 2).
     Usage(String),
+    /// The work itself failed: a connection, a login, an action (exit code 1).
+    Failed(String),
     /// Reading or writing failed (exit code 1).
     Io {
         /// What was being done, e.g. `cannot open capture.raw`.
@@ -59,7 +72,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::Io { .. } => 1,
+            CliError::Failed(_) | CliError::Io { .. } => 1,
         }
     }
 
@@ -73,7 +86,7 @@ impl CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Usage(message) => f.write_str(message),
+            CliError::Usage(message) | CliError::Failed(message) => f.write_str(message),
             CliError::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -82,7 +95,7 @@ impl fmt::Display for CliError {
 impl std::error::Error for CliError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            CliError::Usage(_) => None,
+            CliError::Usage(_) | CliError::Failed(_) => None,
             CliError::Io { source, .. } => Some(source),
         }
     }
@@ -91,7 +104,10 @@ impl std::error::Error for CliError {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Decode(args) => decode::run(&args),
+        Task::Decode(args) => decode::run(&args),
+        Task::Listen(args) => listen::run(&args),
+        Task::Send(args) => send::run_send(&args),
+        Task::Command(args) => send::run_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,11 @@
 //! Shared helpers for the integration tests.
+//!
+//! - [`replay`]: a loopback replay server that plays an Asterisk manager interface
+//!   blasting recorded events (exact counts, optional pacing, interleaved responses),
+//!   for driver tests and benchmarks; the `ami-replay` binary runs it standalone.
+//!
+//! The integration tests themselves live in `tests/tests/`, the fixture (a real
+//! Asterisk 22 session) in `tests/fixtures/asterisk22-capture.raw`.
+#![warn(missing_docs)]
+
+pub mod replay;

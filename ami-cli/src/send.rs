@@ -1,0 +1,223 @@
+//! `ami send` (any action, completion as JSON) and `ami command` (CLI output lines).
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use ami_mio::{Driver, ServerId, WaitError};
+use ami_proto::action::{EventMask, Strategy};
+use ami_proto::{Action, ActionError, Message, Reply};
+use serde_json::{Value, json};
+
+use crate::CliError;
+use crate::json::headers;
+use crate::worker::{ConfigArg, driver_for, init_logging, select};
+
+/// Arguments of `ami send`.
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// The server (default: the config's default server).
+    #[arg(long, value_name = "KEY")]
+    pub server: Option<String>,
+    /// The action name, e.g. `Ping`, `QueueStatus`, `Originate`.
+    pub action: String,
+    /// Headers as `Key=Value`; repeat a key to repeat the header (e.g. `Variable`).
+    #[arg(value_name = "KEY=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// The config file.
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+/// Arguments of `ami command`.
+#[derive(Debug, clap::Args)]
+pub struct CommandArgs {
+    /// The server (default: the config's default server).
+    #[arg(long, value_name = "KEY")]
+    pub server: Option<String>,
+    /// The CLI command, e.g. "core show channels".
+    pub command: String,
+    /// The config file.
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    if key.is_empty() {
+        return Err(format!("empty key in {text:?}"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// How long a one-shot command waits for the login.
+const LOGIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Connects to one server with events off and waits for the login.
+fn connect(
+    config: &ConfigArg,
+    server: Option<&str>,
+) -> Result<(Driver, ServerId, String), CliError> {
+    init_logging();
+    let file = config.load()?;
+    let keys = select(&file, server, false)?;
+    // One-shot commands want their reply, not the event stream.
+    let (mut driver, ids) = driver_for(&file, &keys, |c| c.events = EventMask::Off)?;
+    let id = ids[0];
+    driver
+        .connect(id)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    driver
+        .wait_ready(id, LOGIN_WAIT)
+        .map_err(|e| CliError::Failed(format!("{}: {e}", keys[0])))?;
+    Ok((driver, id, keys[0].clone()))
+}
+
+/// The completion strategy for an action typed on the command line: the same as the
+/// typed action of that name would use.
+fn strategy_for(action: &Action) -> Strategy {
+    let name = action.name();
+    if name.eq_ignore_ascii_case("Command") {
+        Strategy::Command
+    } else if name.eq_ignore_ascii_case("Originate") && action.get("Async").is_some_and(is_true) {
+        let timeout_ms = action
+            .get("Timeout")
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(30_000);
+        Strategy::AsyncOriginate {
+            event_timeout: Duration::from_millis(timeout_ms) + Duration::from_secs(10),
+        }
+    } else {
+        Strategy::SingleResponse
+    }
+}
+
+fn is_true(value: &str) -> bool {
+    matches!(
+        value.to_ascii_lowercase().as_str(),
+        "true" | "yes" | "1" | "on"
+    )
+}
+
+fn message_json(message: &Message) -> Value {
+    match message.event_name() {
+        Some(name) => json!({ "name": name, "headers": headers(message) }),
+        None => json!({ "headers": headers(message) }),
+    }
+}
+
+fn reply_json(server: &str, reply: &Reply) -> Value {
+    let mut value = json!({
+        "server": server,
+        "response": reply.response.response(),
+        "headers": headers(&reply.response),
+        "events": reply.events.iter().map(message_json).collect::<Vec<_>>(),
+    });
+    if let Some(end) = &reply.list_end {
+        value["list_end"] = message_json(end);
+    }
+    if reply.response.is_follows() {
+        value["output"] = json!(reply.output());
+    }
+    value
+}
+
+fn error_json(server: &str, error: &WaitError) -> Value {
+    let mut value = json!({ "server": server, "error": error.to_string() });
+    if let WaitError::Failed(ActionError::Rejected { response, .. }) = error {
+        value["response"] = json!(response.response());
+        value["headers"] = headers(response);
+    }
+    value
+}
+
+fn finish(driver: &mut Driver) {
+    driver.shutdown(Duration::from_secs(5));
+}
+
+/// Runs `ami send`: prints the completion as one JSON object; exits non-zero on an
+/// error response, a timeout, or a refusal.
+pub fn run_send(args: &SendArgs) -> Result<(), CliError> {
+    let mut action = Action::new(args.action.clone());
+    for (key, value) in &args.headers {
+        action.push_header(key.clone(), value.clone());
+    }
+    let action = action.clone().with_strategy(strategy_for(&action));
+    let (mut driver, id, server) = connect(&args.config, args.server.as_deref())?;
+    let result = driver.send_and_wait(id, action);
+    finish(&mut driver);
+    let (value, failed) = match &result {
+        Ok(reply) => (reply_json(&server, reply), false),
+        Err(error) => (error_json(&server, error), true),
+    };
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, &value)
+        .map_err(io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .map_err(|e| CliError::io("cannot write to stdout", e))?;
+    match result {
+        Err(error) if failed => Err(CliError::Failed(error.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `ami command`: prints the output lines; exits non-zero on an error.
+pub fn run_command(args: &CommandArgs) -> Result<(), CliError> {
+    let (mut driver, id, _) = connect(&args.config, args.server.as_deref())?;
+    let result = driver.send_and_wait(id, ami_proto::action::Command::new(args.command.clone()));
+    finish(&mut driver);
+    // An unknown command is a `Response: Error` whose output says why: show it.
+    if let Err(WaitError::Failed(ActionError::Rejected { response, .. })) = &result {
+        for line in response.output_lines() {
+            eprintln!("{line}");
+        }
+    }
+    let reply = result.map_err(|e| CliError::Failed(e.to_string()))?;
+    let mut out = io::stdout().lock();
+    for line in reply.output() {
+        writeln!(out, "{line}").map_err(|e| CliError::io("cannot write to stdout", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_as_key_equals_value() {
+        assert_eq!(
+            parse_header("Variable=a=b"),
+            Ok(("Variable".into(), "a=b".into()))
+        );
+        assert_eq!(
+            parse_header("Channel="),
+            Ok(("Channel".into(), String::new()))
+        );
+        assert!(parse_header("novalue").is_err());
+        assert!(parse_header("=x").is_err());
+    }
+
+    #[test]
+    fn strategies_follow_the_typed_actions() {
+        assert_eq!(strategy_for(&Action::new("command")), Strategy::Command);
+        let originate = Action::new("Originate")
+            .header("Async", "true")
+            .header("Timeout", "5000");
+        assert_eq!(
+            strategy_for(&originate),
+            Strategy::AsyncOriginate {
+                event_timeout: Duration::from_secs(15)
+            }
+        );
+        assert_eq!(
+            strategy_for(&Action::new("Originate")),
+            Strategy::SingleResponse
+        );
+        assert_eq!(
+            strategy_for(&Action::new("QueueStatus")),
+            Strategy::SingleResponse
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! What `listen`, `send` and `command` share: the config file, logging, and a driver
+//! with the selected servers.
+
+use std::path::PathBuf;
+
+use ami_mio::{Driver, DriverOptions, Endpoint, ServerId, ServerSpec};
+
+use crate::CliError;
+use crate::config::{self, FileConfig};
+
+/// The `--config` option.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Config file (TOML). Default: $AMI_CONFIG, else ./ami.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// Loads the file and installs its redaction policy for every log line and `Debug`.
+    pub fn load(&self) -> Result<FileConfig, CliError> {
+        let file =
+            config::load(self.config.as_deref()).map_err(|e| CliError::Usage(e.to_string()))?;
+        let redactor = file
+            .redactor()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        ami_proto::redact::install(redactor);
+        Ok(file)
+    }
+}
+
+/// Logs to stderr; the level comes from `AMI_LOG` (e.g. `debug`, `ami_proto=trace`),
+/// `info` by default.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AMI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The keys of the servers a command should use: `--all`, `--server KEY`, or the
+/// config's default server.
+pub fn select(file: &FileConfig, server: Option<&str>, all: bool) -> Result<Vec<String>, CliError> {
+    if all {
+        return Ok(file.servers.keys().cloned().collect());
+    }
+    let settings = match server {
+        Some(key) => file.server(key),
+        None => file.default_server(),
+    }
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(vec![settings.key.clone()])
+}
+
+/// A driver with the servers `keys` added (not yet connected). `adjust` may change each
+/// server's connection settings (e.g. `Events: off` for one-shot commands).
+pub fn driver_for(
+    file: &FileConfig,
+    keys: &[String],
+    adjust: impl Fn(&mut ami_proto::Config),
+) -> Result<(Driver, Vec<ServerId>), CliError> {
+    let options = DriverOptions {
+        enforce_ip_endpoints: file.options.enforce_ip_endpoints,
+        ..DriverOptions::default()
+    };
+    let mut driver =
+        Driver::with_options(options).map_err(|e| CliError::io("cannot create the poll", e))?;
+    let mut ids = Vec::new();
+    for key in keys {
+        let settings = file
+            .server(key)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let mut connection = settings.connection.clone();
+        adjust(&mut connection);
+        let mut spec = ServerSpec::new(
+            connection,
+            Endpoint::new(settings.host.clone(), settings.port),
+        );
+        if settings.tls {
+            spec.tls = Some(ami_mio::tls::TlsSettings {
+                server_name: settings.host.clone(),
+                ca_file: settings.tls_ca.clone(),
+            });
+        }
+        let id = driver
+            .add_server(spec)
+            .map_err(|e| CliError::Usage(format!("servers.{key}: {e}")))?;
+        ids.push(id);
+    }
+    Ok((driver, ids))
+}
