@@ -1,0 +1,137 @@
+//! How many events per second one `ami-mio` connection takes with a counting listener.
+//!
+//! Starts a [`ReplayServer`] blasting the events of the Asterisk 22 fixture, connects
+//! one `ami_mio::Driver` to it, counts every event in an `on_any_event` listener and
+//! ticks until the `ReplayDone` marker. Prints events/s, MB/s, the client's CPU time,
+//! the drops, and the resident memory at each tenth of the run (flat is the target).
+//!
+//! Run with
+//! `cargo run --release -p ami-tests --example mio_throughput -- [EVENTS]`
+//! (default 10,000,000 events).
+
+use std::cell::Cell;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ami_mio::{Driver, Endpoint, ServerSpec};
+use ami_proto::Config;
+use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
+
+/// Resident set size and peak, in KiB, from /proc/self/status.
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU time of the calling thread (the driver's), from
+/// /proc/thread-self/stat in clock ticks of 10 ms. The replay server runs on other
+/// threads of this process and is not counted.
+fn thread_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // The fields after the command name (in parentheses, may hold spaces) start with
+    // field 3 (state); utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+fn main() {
+    let total: u64 = std::env::args()
+        .nth(1)
+        .map(|n| {
+            n.replace(['_', ','], "")
+                .parse()
+                .expect("EVENTS must be a number")
+        })
+        .unwrap_or(10_000_000);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/asterisk22-capture.raw");
+    let (events, _) = load_capture_events(&fixture).expect("fixture");
+    let server = ReplayServer::start(ReplayConfig::new(events, total)).expect("replay server");
+
+    let mut driver = Driver::new().expect("driver");
+    let addr = server.addr();
+    let id = driver
+        .add_server(ServerSpec::new(
+            Config::new("replay", "admin", "secret"),
+            Endpoint::new(addr.ip().to_string(), addr.port()),
+        ))
+        .expect("server");
+    let count = Rc::new(Cell::new(0u64));
+    let done = Rc::new(Cell::new(false));
+    let (counter, finished) = (count.clone(), done.clone());
+    driver.on_any_event(move |event| {
+        if event.name() == "ReplayDone" {
+            finished.set(true);
+        } else {
+            counter.set(counter.get() + 1);
+        }
+    });
+    driver.connect(id).expect("connect");
+    driver
+        .wait_ready(id, Duration::from_secs(5))
+        .expect("login");
+
+    let started = Instant::now();
+    let cpu_before = thread_cpu_time();
+    let mut samples = Vec::new();
+    let mut next_sample = total / 10;
+    while !done.get() {
+        driver.tick_all(Duration::from_millis(10));
+        if count.get() >= next_sample && next_sample > 0 {
+            samples.push((count.get(), memory_kib().0));
+            next_sample += total / 10;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the run took too long"
+        );
+    }
+    let elapsed = started.elapsed();
+    let cpu = thread_cpu_time() - cpu_before;
+    let stats = driver.connection_stats(id).expect("stats");
+    let received = count.get();
+    driver.shutdown(Duration::from_secs(5));
+    let report = server.stop();
+
+    let seconds = elapsed.as_secs_f64();
+    println!(
+        "events:      {received} delivered to the listener, {} sent",
+        report.events_sent
+    );
+    println!(
+        "throughput:  {:.0} events/s, {:.0} MB/s over {seconds:.2} s",
+        received as f64 / seconds,
+        stats.bytes_received as f64 / seconds / 1e6
+    );
+    println!(
+        "client CPU:  {} ms ({:.1} ms per 100,000 events; user+system of the driver thread, listener included)",
+        cpu.as_millis(),
+        cpu.as_secs_f64() * 1e3 * 100_000.0 / received.max(1) as f64
+    );
+    println!(
+        "drops:       {} dropped, {} discarded frames",
+        stats.events.dropped, stats.discards
+    );
+    let rss: Vec<String> = samples
+        .iter()
+        .map(|(n, kib)| format!("{}M:{}KiB", n / 1_000_000, kib))
+        .collect();
+    println!("RSS:         {}", rss.join(" "));
+    println!("peak RSS:    {} KiB", memory_kib().1);
+    assert_eq!(received, total, "every event must arrive");
+}
