@@ -290,9 +290,10 @@ module_dir() {
     echo "${so%/*}"
 }
 
-# Writes the configuration of instance $name (set_paths first) for ports $1 (AMI), $2 (TLS).
+# Writes the configuration of instance $name (set_paths first) for ports $1 (AMI), $2 (TLS)
+# and a token $3 that this start's Asterisk reports as global variable AMI_RS_INSTANCE.
 write_config() {
-    local port=$1 tls_port=$2 moddir m
+    local port=$1 tls_port=$2 token=$3 moddir m
     moddir=$(module_dir)
     mkdir -p "$h_etc"
     # `[directories]` without `(!)`: the packaged sample makes it a template (ignored).
@@ -382,10 +383,16 @@ writetimeout = 100
 deny = 0.0.0.0/0.0.0.0
 permit = 127.0.0.1/255.255.255.255
 EOF
-    cat >"$h_etc/extensions.conf" <<'EOF'
+    cat >"$h_etc/extensions.conf" <<EOF
 [general]
 static = yes
 writeprotect = yes
+
+[globals]
+; lets asterisk.sh check that the AMI it reached is this start's
+AMI_RS_INSTANCE = $token
+EOF
+    cat >>"$h_etc/extensions.conf" <<'EOF'
 
 [test]
 ; answered call: Originate Reason 4
@@ -455,16 +462,18 @@ EOF
     printf '[default]\nmode = files\ndirectory = /var/lib/asterisk/moh\n' >"$h_etc/musiconhold.conf"
 }
 
-# Tries one AMI login on PORT as admin and waits for FullyBooted (modules loaded).
-# Prints the banner's version on success.
+# Tries one AMI login on PORT as admin, waits for FullyBooted (modules loaded) and checks
+# that global AMI_RS_INSTANCE is TOKEN (not some other Asterisk that holds the port).
+# Prints the banner's version on success: ami_probe PORT TOKEN
 ami_probe() {
-    local port=$1
+    local port=$1 token=$2
     (
         exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
         IFS= read -r -t 5 -u 3 banner || exit 1
         banner=${banner%$'\r'}
         [[ $banner == "Asterisk Call Manager/"* ]] || exit 1
-        printf 'Action: Login\r\nUsername: admin\r\nSecret: amp111\r\nActionID: probe\r\n\r\n' >&3
+        # Events: system is enough for FullyBooted and keeps other events away.
+        printf 'Action: Login\r\nUsername: admin\r\nSecret: amp111\r\nEvents: system\r\n\r\n' >&3
         ok=0
         while IFS= read -r -t 5 -u 3 line; do
             line=${line%$'\r'}
@@ -473,6 +482,10 @@ ami_probe() {
             "Response: Error") exit 1 ;;
             "Event: FullyBooted")
                 [[ $ok -eq 1 ]] || exit 1
+                printf 'Action: GetVar\r\nVariable: AMI_RS_INSTANCE\r\n\r\n' >&3
+                ;;
+            "Value: "*)
+                [[ $line == "Value: $token" ]] || exit 1
                 printf 'Action: Logoff\r\n\r\n' >&3
                 echo "${banner#Asterisk Call Manager/}"
                 exit 0
@@ -523,10 +536,11 @@ fail_start() {
 
 # Starts instance $name (lock held). Returns 2 when the ports were taken meanwhile.
 launch() {
-    local ports port tls_port pid deadline version full_version ami_version
+    local ports port tls_port pid deadline version full_version ami_version token
     ports=$(free_ports)
     read -r port tls_port <<<"$ports"
-    write_config "$port" "$tls_port"
+    token="$name-$$-$RANDOM$RANDOM"
+    write_config "$port" "$tls_port" "$token"
     # A fresh instance: no astdb, spool, run state or logs from an earlier run.
     rm -rf "$h_run" "$CHROOT$spool" "$CHROOT$lib" "$h_log"
     mkdir -p "$h_run" "$CHROOT$spool" "$CHROOT$lib" "$h_log"
@@ -536,6 +550,8 @@ launch() {
     setsid chroot "$CHROOT" "$ASTERISK" -f -C "$etc/asterisk.conf" \
         </dev/null >"$h_log/console.log" 2>&1 9>&- &
     pid=$!
+    # Recorded at once, so that `stop` finds it even if this script is interrupted.
+    echo "$pid" >"$h_run/pid"
     deadline=$((SECONDS + TIMEOUT))
     while :; do
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -548,7 +564,7 @@ launch() {
             wait "$pid" 2>/dev/null || true
             return 2
         fi
-        if ami_version=$(ami_probe "$port"); then
+        if ami_version=$(ami_probe "$port" "$token"); then
             break
         fi
         ((SECONDS < deadline)) || fail_start "no AMI login on 127.0.0.1:$port within $TIMEOUT s" "$pid"
@@ -569,7 +585,6 @@ launch() {
     full_version=$(<"$CHROOT/$READY_MARK")
     full_version=${full_version#Asterisk }
     version=${full_version%%[!0-9.]*}
-    echo "$pid" >"$h_run/pid"
     {
         echo "NAME=$name"
         echo "PID=$pid"

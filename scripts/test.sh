@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, then every test (unit,
-# integration, property, doc tests). Installs what it needs first.
+# integration, property, doc tests, and the conformance tests against a real Asterisk
+# 22 that scripts/asterisk.sh builds and starts). Installs what it needs first; needs
+# root for the Asterisk chroot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== Asterisk 22 sandbox (the conformance tests talk to it)"
+# An assignment keeps the exit status: a failed start fails the run, never skips.
+asterisk_env=$(bash scripts/asterisk.sh start a)
+set -a
+eval "$asterisk_env"
+set +a
+trap 'bash scripts/asterisk.sh stop all >/dev/null 2>&1 || true' EXIT
+echo "Asterisk $AMI_ASTERISK_VERSION on 127.0.0.1:$AMI_ASTERISK_PORT (TLS $AMI_ASTERISK_TLS_PORT)"
+
 echo "== cargo test"
 cargo test --workspace --all-targets
 echo "== doc tests"
