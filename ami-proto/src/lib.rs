@@ -104,8 +104,3 @@ pub use events::Event;
 pub use message::{Message, MessageKind};
 pub use parser::{Discard, Limits, ParseError, Parsed, Parser};
 pub use redact::Secret;
-
-/// The README's code blocks, compiled and run as doc tests.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
