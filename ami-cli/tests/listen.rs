@@ -1,0 +1,130 @@
+//! `ami listen` end to end against a scripted AMI server: JSON lines on stdout, and a
+//! graceful shutdown on SIGTERM (flush, `Logoff`, exit 0).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+/// A server that logs the client in, sends five events, and reports every action name
+/// it receives on `actions`.
+fn server(actions: mpsc::Sender<String>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        writer
+            .write_all(b"Asterisk Call Manager/11.0.0\r\n")
+            .unwrap();
+        let (mut name, mut id) = (String::new(), String::new());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let text = line.trim_end().to_owned();
+            line.clear();
+            if let Some(v) = text.strip_prefix("Action: ") {
+                name = v.to_owned();
+            } else if let Some(v) = text.strip_prefix("ActionID: ") {
+                id = v.to_owned();
+            } else if text.is_empty() {
+                let _ = actions.send(name.clone());
+                match name.as_str() {
+                    "Login" => {
+                        write!(writer, "Response: Success\r\nActionID: {id}\r\n\r\n").unwrap();
+                        for seq in 0..5 {
+                            write!(
+                                writer,
+                                "Event: UserEvent\r\nPrivilege: user,all\r\nSeq: {seq}\r\n\r\n"
+                            )
+                            .unwrap();
+                        }
+                    }
+                    "Logoff" => {
+                        write!(writer, "Response: Goodbye\r\nActionID: {id}\r\n\r\n").unwrap();
+                        return;
+                    }
+                    _ => write!(writer, "Response: Success\r\nActionID: {id}\r\n\r\n").unwrap(),
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn listen_prints_events_and_logs_off_on_sigterm() {
+    let (actions_tx, actions) = mpsc::channel();
+    let port = server(actions_tx);
+    let dir = std::env::temp_dir().join(format!("ami-listen-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ami.toml");
+    std::fs::write(
+        &config,
+        format!("[servers.fake]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"u\"\nsecret = \"s\"\n"),
+    )
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))
+        .args(["listen", "--config"])
+        .arg(&config)
+        .env("AMI_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..5 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        lines.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    for (seq, line) in lines.iter().enumerate() {
+        assert_eq!(line["server"], "fake");
+        assert_eq!(line["name"], "UserEvent");
+        assert!(line["received_at"].as_f64().unwrap() > 1.7e9);
+        assert_eq!(
+            line["headers"][2],
+            serde_json::json!(["Seq", seq.to_string()])
+        );
+    }
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (exit_tx, exit_rx) = mpsc::channel();
+    thread::spawn(move || exit_tx.send(child.wait().unwrap()).unwrap());
+    let exit = exit_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ami listen did not exit");
+    assert!(exit.success(), "{exit:?}");
+    let received: Vec<String> = actions.try_iter().collect();
+    assert_eq!(received, ["Login", "Logoff"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unknown_config_keys_are_usage_errors_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("ami-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ami.toml");
+    std::fs::write(
+        &config,
+        "[servers.a]\nhost = \"127.0.0.1\"\nusername = \"u\"\nsecret = \"s\"\nprot = 1\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ami"))
+        .args(["listen", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("servers.a.prot"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
