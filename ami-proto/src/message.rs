@@ -1,9 +1,10 @@
 //! A parsed AMI message: one buffer, ordered headers, zero-copy views.
 //!
-//! The parser copies each complete message into one buffer of its own and records
-//! where every header's key and value lie inside it. Lookups are case-insensitive on
-//! the key (PROTOCOL-NOTES 3); iteration keeps wire order and wire case; repeated keys
-//! (`Variable`, `Output`, `ChanVariable`, ...) are all kept.
+//! The parser copies each complete message into one buffer of its own, followed by a
+//! table of where every header's key and value lie inside it (one allocation per
+//! message). Lookups are case-insensitive on the key (PROTOCOL-NOTES 3); iteration keeps
+//! wire order and wire case; repeated keys (`Variable`, `Output`, `ChanVariable`, ...)
+//! are all kept.
 
 use std::fmt;
 
@@ -30,6 +31,9 @@ pub(crate) struct Field {
 }
 
 impl Field {
+    /// Size of a field in a message's field table.
+    const SIZE: usize = 16;
+
     /// A body line of a legacy `Response: Follows` message: no key, the line is the value.
     pub(crate) fn line(start: u32, end: u32) -> Self {
         Field {
@@ -37,6 +41,37 @@ impl Field {
             key_end: start,
             value_start: start,
             value_end: end,
+        }
+    }
+
+    /// The field as stored in a message's field table: four little-endian `u32`s.
+    fn to_bytes(self) -> [u8; Field::SIZE] {
+        let mut bytes = [0; Field::SIZE];
+        let offsets = [
+            self.key_start,
+            self.key_end,
+            self.value_start,
+            self.value_end,
+        ];
+        for (slot, offset) in bytes.chunks_exact_mut(4).zip(offsets) {
+            slot.copy_from_slice(&offset.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// The field stored as `bytes` (from [`Field::to_bytes`]) in a field table.
+    #[inline]
+    fn from_bytes(bytes: &[u8]) -> Self {
+        // One length check up front spares one per offset.
+        let bytes = &bytes[..Field::SIZE];
+        let offset = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        Field {
+            key_start: offset(0),
+            key_end: offset(4),
+            value_start: offset(8),
+            value_end: offset(12),
         }
     }
 }
@@ -63,9 +98,13 @@ pub(crate) struct Layout {
 /// so every accessor returns `&str`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message {
+    /// The message's bytes, then its field table: where each header (and each legacy
+    /// `Follows` body line) lies in those bytes, [`Field::SIZE`] bytes per field. Both in
+    /// one buffer so that a message costs one allocation.
     buf: Bytes,
-    fields: Box<[Field]>,
-    /// `fields[..headers]` are headers; the rest are legacy `Follows` body lines.
+    /// How many bytes of `buf` are the message's (the field table follows).
+    len: u32,
+    /// Fields `..headers` are headers; the rest are legacy `Follows` body lines.
     headers: u32,
     kind: MessageKind,
     follows: bool,
@@ -75,18 +114,26 @@ pub struct Message {
 }
 
 impl Message {
-    /// Builds a message from a UTF-8 buffer, the fields found in it and where the
-    /// parser saw the headers that matter.
-    pub(crate) fn from_parts(buf: Bytes, fields: &[Field], layout: Layout) -> Self {
-        debug_assert!(std::str::from_utf8(&buf).is_ok());
+    /// Builds a message from its UTF-8 bytes (copied), the fields found in them and
+    /// where the parser saw the headers that matter.
+    pub(crate) fn from_parts(bytes: &[u8], fields: &[Field], layout: Layout) -> Self {
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        let len = bytes.len() + fields.len() * Field::SIZE;
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(bytes);
+        buf.resize(len, 0);
+        for (slot, field) in buf[bytes.len()..].chunks_exact_mut(Field::SIZE).zip(fields) {
+            slot.copy_from_slice(&field.to_bytes());
+        }
         let (kind, name_index) = match (layout.event, layout.response) {
             (Some(index), _) => (MessageKind::Event, index),
             (None, Some(index)) => (MessageKind::Response, index),
             (None, None) => (MessageKind::Unknown, 0),
         };
         Message {
-            buf,
-            fields: fields.into(),
+            // Full to capacity, so `Bytes` takes the allocation over as it is.
+            buf: Bytes::from(buf),
+            len: bytes.len() as u32,
             headers: layout.headers as u32,
             kind,
             follows: layout.follows,
@@ -97,7 +144,7 @@ impl Message {
 
     /// A message with no headers (a stand-in that is never handed out).
     pub(crate) fn empty() -> Self {
-        Message::from_parts(Bytes::new(), &[], Layout::default())
+        Message::from_parts(&[], &[], Layout::default())
     }
 
     fn slice(&self, start: u32, end: u32) -> &str {
@@ -106,8 +153,20 @@ impl Message {
         std::str::from_utf8(&self.buf[start as usize..end as usize]).unwrap_or_default()
     }
 
+    /// The fields, in wire order.
+    fn fields(&self) -> impl ExactSizeIterator<Item = Field> + '_ {
+        self.buf[self.len as usize..]
+            .chunks_exact(Field::SIZE)
+            .map(Field::from_bytes)
+    }
+
+    fn field(&self, index: u32) -> Field {
+        let at = self.len as usize + index as usize * Field::SIZE;
+        Field::from_bytes(&self.buf[at..at + Field::SIZE])
+    }
+
     fn value_at(&self, index: u32) -> &str {
-        let field = &self.fields[index as usize];
+        let field = self.field(index);
         self.slice(field.value_start, field.value_end)
     }
 
@@ -151,7 +210,7 @@ impl Message {
 
     /// Every header as `(key, value)`, in wire order and with the key's wire case.
     pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.fields[..self.headers as usize].iter().map(|field| {
+        self.fields().take(self.headers as usize).map(|field| {
             (
                 self.slice(field.key_start, field.key_end),
                 self.slice(field.value_start, field.value_end),
@@ -172,8 +231,8 @@ impl Message {
     /// The raw body lines of a legacy `Response: Follows` message (without the
     /// `--END COMMAND--` sentinel); empty for every other message.
     pub fn body_lines(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        self.fields[self.headers as usize..]
-            .iter()
+        self.fields()
+            .skip(self.headers as usize)
             .map(|field| self.slice(field.value_start, field.value_end))
     }
 
@@ -189,22 +248,63 @@ impl Message {
 
     /// The message's bytes as they were received (UTF-8, lines ending as on the wire).
     pub fn as_str(&self) -> &str {
-        self.slice(0, self.buf.len() as u32)
+        self.slice(0, self.len)
     }
 
     /// Size of the message in bytes.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.len as usize
     }
 
     /// Whether the message holds no bytes (never true for a parsed message).
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.len == 0
     }
 }
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         crate::redact::fmt_headers(f, self.headers())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Field, Layout, Message};
+
+    #[test]
+    fn field_table_round_trips() {
+        let fields = [
+            Field {
+                key_start: 0,
+                key_end: 5,
+                value_start: 7,
+                value_end: 0x0102_0304,
+            },
+            Field::line(9, u32::MAX),
+        ];
+        for field in fields {
+            assert_eq!(Field::from_bytes(&field.to_bytes()), field);
+        }
+        let text = b"Event: A\r\nline";
+        let layout = Layout {
+            headers: 1,
+            follows: true,
+            ..Layout::default()
+        };
+        let fields = [
+            Field {
+                key_start: 0,
+                key_end: 5,
+                value_start: 7,
+                value_end: 8,
+            },
+            Field::line(10, 14),
+        ];
+        let message = Message::from_parts(text, &fields, layout);
+        assert_eq!(message.len(), text.len());
+        assert_eq!(message.as_str(), "Event: A\r\nline");
+        assert_eq!(message.headers().collect::<Vec<_>>(), [("Event", "A")]);
+        assert_eq!(message.body_lines().collect::<Vec<_>>(), ["line"]);
     }
 }

@@ -330,8 +330,9 @@ proptest! {
         pieces in proptest::collection::vec(piece(), 0..20),
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..30),
         banner in any::<bool>(),
+        (max_frame_size, max_command_output) in prop_oneof![Just((200, 500)), Just((200, 100)), Just((64, 64))],
     ) {
-        let limits = Limits { max_frame_size: 200, max_command_output: 500 };
+        let limits = Limits { max_frame_size, max_command_output };
         let mut stream = if banner { b"Asterisk Call Manager/11.0.0\r\n".to_vec() } else { Vec::new() };
         for piece in &pieces {
             stream.extend_from_slice(piece);

@@ -2,8 +2,8 @@
 //! the parser never holds more than its limit plus one byte.
 //!
 //! Input layout:
-//! - byte 0: the limits. `max_frame_size` is 1 + (byte 0 & 0x3f) (1..=64 bytes); bit 6
-//!   makes `max_command_output` four times that, otherwise it equals the frame limit.
+//! - byte 0: the limits. `max_frame_size` is 1 + (byte 0 & 0x3f) (1..=64 bytes); bits 6-7
+//!   make `max_command_output` four times that (01), half of it (10), or equal (00, 11).
 //! - byte 1: `n`, how many chunk-size bytes follow (n & 0x0f, 0..=15).
 //! - the next `n` bytes: chunk sizes, each 1 + byte (1..=256), used in turn, cycling.
 //!   With none, the whole stream is fed at once.
@@ -31,10 +31,11 @@ fuzz_target!(|input: &[u8]| {
     let sizes: Vec<usize> = sizes.iter().map(|&b| usize::from(b) + 1).collect();
 
     let frame = 1 + usize::from(limit_byte & 0x3f);
-    let command = if limit_byte & 0x40 != 0 {
-        frame * 4
-    } else {
-        frame
+    // Bits 6 and 7: the command limit larger, smaller or equal to the frame limit.
+    let command = match limit_byte >> 6 {
+        1 => frame * 4,
+        2 => (frame / 2).max(1),
+        _ => frame,
     };
     let limits = Limits {
         max_frame_size: frame,
