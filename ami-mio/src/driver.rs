@@ -186,6 +186,8 @@ pub struct Driver {
     submitter: Submitter,
     stats: DriverStats,
     last_clamp_warning: Option<Instant>,
+    /// The server whose outputs are dispatched first in the next tick.
+    dispatch_start: usize,
 }
 
 impl std::fmt::Debug for Driver {
@@ -224,6 +226,7 @@ impl Driver {
             submitter,
             stats: DriverStats::default(),
             last_clamp_warning: None,
+            dispatch_start: 0,
         })
     }
 
@@ -528,9 +531,16 @@ impl Driver {
             report.bytes_written += write_server(&mut self.servers[index], now);
         }
         // 5. Dispatch completions and events, within the dispatch budget.
+        // The server that goes first changes every tick, so that a spent budget does not
+        // always starve the same servers' listeners.
         let budget_end = Instant::now() + self.options.dispatch_budget;
-        for index in (0..self.servers.len()).filter(|&i| selected(i)) {
-            report.outputs += self.dispatch_server(index, budget_end);
+        let count = self.servers.len().max(1);
+        self.dispatch_start = (self.dispatch_start + 1) % count;
+        for offset in 0..self.servers.len() {
+            let index = (self.dispatch_start + offset) % count;
+            if selected(index) {
+                report.outputs += self.dispatch_server(index, budget_end);
+            }
         }
         report.progressed |=
             report.bytes_read > 0 || report.bytes_written > 0 || report.outputs > 0;
@@ -611,9 +621,12 @@ impl Driver {
             return 0;
         };
         let mut count = 0u64;
+        // Listeners run until the budget is spent; one slow listener call must not be
+        // followed by dozens more before the sockets are read again (Asterisk cuts a
+        // reader that stalls for 100 ms), so the clock is read after every call.
+        let mut spent = Instant::now() >= budget_end;
         loop {
-            // Check the clock every 64 outputs: cheap, and bounded work between checks.
-            if count % 64 == 63 && Instant::now() >= budget_end {
+            if spent && conn.queued_events() > 0 && !conn.has_pending_outputs() {
                 break;
             }
             let Some(output) = conn.poll() else { break };
@@ -622,6 +635,7 @@ impl Driver {
                 Output::Event(event) => {
                     if self.listeners.has_event_listeners() {
                         self.listeners.dispatch_event(&event);
+                        spent = Instant::now() >= budget_end;
                     }
                 }
                 Output::Completed(done) => {

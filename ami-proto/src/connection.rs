@@ -236,6 +236,13 @@ impl Connection {
         self.registry.user_pending()
     }
 
+    /// Whether outputs other than events (completions, state changes, reports) wait
+    /// to be polled. They are never dropped, so a driver drains them even when it has
+    /// no time left for events.
+    pub fn has_pending_outputs(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
     /// Events waiting to be polled.
     pub fn queued_events(&self) -> usize {
         self.events.len()

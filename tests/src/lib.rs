@@ -8,4 +8,5 @@
 //! Asterisk 22 session) in `tests/fixtures/asterisk22-capture.raw`.
 #![warn(missing_docs)]
 
+pub mod asterisk;
 pub mod replay;
