@@ -1,0 +1,36 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! # ami-cluster: the sans-IO policy of a multi-server AMI client
+//!
+//! This crate owns the **decisions** a client of many Asterisk servers makes, and
+//! nothing that performs them: when to retry a failed connection ([`backoff`],
+//! [`reconnect`]), when to stop trying for a while ([`circuit`]), what state each
+//! server is in ([`health`]) and which server an action goes to ([`routing`]). Like
+//! `ami-proto` it never reads a clock (every method that needs the time takes
+//! `now: Instant`), never sleeps, never touches a socket, and draws randomness only from
+//! a seeded [`rng::Rng`] that the caller passes in, so every decision is a function of
+//! its inputs and can be replayed in tests. Drivers (`ami-mio`, your own loop) own the
+//! sockets and the clock and feed both in.
+//!
+//! ## What is where
+//! - [`rng`]: a tiny seedable SplitMix64 generator.
+//! - [`backoff`]: exponential backoff with full jitter, clamped to [100 ms, 30 s].
+//! - [`circuit`]: a closed / open / half-open circuit breaker whose transitions are
+//!   returned as values.
+//! - [`health`]: the per-server health states (plan §15 plus circuit-open).
+//! - [`routing`]: explicit, round-robin, failover and health-aware server selection.
+//! - [`reconnect`]: a per-server [`reconnect::Reconnector`] combining backoff and circuit.
+
+pub mod backoff;
+pub mod circuit;
+pub mod health;
+pub mod reconnect;
+pub mod rng;
+pub mod routing;
+
+pub use backoff::{Backoff, BackoffConfig};
+pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Transition};
+pub use health::{Health, RetryStatus};
+pub use reconnect::{Decision, Reconnector};
+pub use rng::Rng;
+pub use routing::{NoServerAvailable, Router, Strategy, StrategyKind};
