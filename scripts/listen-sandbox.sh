@@ -7,17 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-was_running=no
-if bash scripts/asterisk.sh status a >/dev/null 2>&1; then
-    was_running=yes
-fi
-asterisk_env=$(bash scripts/asterisk.sh start a)
-set -a
-eval "$asterisk_env"
-set +a
-if [[ $was_running == no ]]; then
-    trap 'bash scripts/asterisk.sh stop a >/dev/null 2>&1 || true' EXIT
-fi
+# shellcheck source=scripts/sandbox-env.sh
+source scripts/sandbox-env.sh
+use_sandbox_asterisk
 
 cargo build --quiet --release -p ami-cli
 ami=target/release/ami

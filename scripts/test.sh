@@ -22,19 +22,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== Asterisk 22 sandbox (the conformance tests talk to it)"
-# An assignment keeps the exit status: a failed start fails the run, never skips.
-was_running=no
-if bash scripts/asterisk.sh status a >/dev/null 2>&1; then
-    was_running=yes
-fi
-asterisk_env=$(bash scripts/asterisk.sh start a)
-set -a
-eval "$asterisk_env"
-set +a
-# Stop it afterwards only if this run started it (someone else may be using it).
-if [[ $was_running == no ]]; then
-    trap 'bash scripts/asterisk.sh stop a >/dev/null 2>&1 || true' EXIT
-fi
+# A failed start fails the run, never skips.
+# shellcheck source=scripts/sandbox-env.sh
+source scripts/sandbox-env.sh
+use_sandbox_asterisk
 echo "Asterisk $AMI_ASTERISK_VERSION on 127.0.0.1:$AMI_ASTERISK_PORT (TLS $AMI_ASTERISK_TLS_PORT)"
 
 # Release mode: the conformance tests flood the client with 100,000s of events from a
