@@ -20,17 +20,27 @@
 //! - [`health`]: the per-server health states (plan §15 plus circuit-open).
 //! - [`routing`]: explicit, round-robin, failover and health-aware server selection.
 //! - [`reconnect`]: a per-server [`reconnect::Reconnector`] combining backoff and circuit.
+//! - [`node`]: one server's session across reconnects ([`Node`]): the core's
+//!   `Connection` plus reconnect, health and metrics.
+//! - [`cluster`]: the registry of nodes, the default server and routing ([`Cluster`]).
+//! - [`metrics`]: per-server metric snapshots and their Prometheus text format.
 
 pub mod backoff;
 pub mod circuit;
+pub mod cluster;
 pub mod health;
+pub mod metrics;
+pub mod node;
 pub mod reconnect;
 pub mod rng;
 pub mod routing;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Transition};
+pub use cluster::{Cluster, ClusterConfig, ClusterError, RouteError, ServerId};
 pub use health::{Health, RetryStatus};
+pub use metrics::{LatencyHistogram, NodeMetrics, render_prometheus};
+pub use node::{Node, NodeOutput, Policy};
 pub use reconnect::{Decision, Reconnector};
 pub use rng::Rng;
 pub use routing::{NoServerAvailable, Router, Strategy, StrategyKind};

@@ -92,6 +92,21 @@ impl Reconnector {
         self.next_attempt = None;
     }
 
+    /// Asks for an attempt as soon as the policy allows: at `now` when nothing is
+    /// scheduled; a scheduled retry or circuit probe keeps its time (an explicit open
+    /// never bypasses the backoff or an open circuit).
+    pub fn request_attempt(&mut self, now: Instant) {
+        if self.next_attempt.is_none() {
+            self.next_attempt = Some(now);
+        }
+    }
+
+    /// Drops the scheduled attempt (the application closed the server on purpose).
+    /// The backoff and the circuit keep their state.
+    pub fn cancel(&mut self) {
+        self.next_attempt = None;
+    }
+
     /// When the next attempt is scheduled, if one is.
     pub fn next_attempt(&self) -> Option<Instant> {
         self.next_attempt

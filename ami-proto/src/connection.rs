@@ -150,6 +150,7 @@ pub struct Connection {
     timers: TimerTable,
     heartbeat_misses: u32,
     banner: Option<String>,
+    logged_in_at: Option<Instant>,
     close_reason: Option<CloseReason>,
     stats: Stats,
 }
@@ -196,6 +197,7 @@ impl Connection {
             timers,
             heartbeat_misses: 0,
             banner: None,
+            logged_in_at: None,
             close_reason: None,
             stats: Stats::default(),
             config,
@@ -222,6 +224,13 @@ impl Connection {
     /// Why the connection closed, once it has.
     pub fn close_reason(&self) -> Option<&CloseReason> {
         self.close_reason.as_ref()
+    }
+
+    /// When the login succeeded; `None` if this connection never logged in. Stays set
+    /// after the connection closes, so a driver can tell a lost session from a failed
+    /// attempt.
+    pub fn logged_in_at(&self) -> Option<Instant> {
+        self.logged_in_at
     }
 
     /// The counters.
@@ -619,6 +628,7 @@ impl Connection {
             Purpose::Login => match result {
                 Ok(_) => {
                     self.heartbeat_misses = 0;
+                    self.logged_in_at = Some(now);
                     self.arm_heartbeat(now);
                     self.set_state(State::Healthy);
                 }

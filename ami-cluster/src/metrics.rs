@@ -1,0 +1,273 @@
+//! Per-server metrics and their Prometheus text rendering.
+//!
+//! A [`Node`](crate::node::Node) keeps its counters across reconnects (the core's
+//! per-connection `Stats` start again with every connection) and hands out a
+//! [`NodeMetrics`] snapshot. [`render_prometheus`] writes snapshots in the Prometheus
+//! text exposition format under the seeds' names: `ami_connection_status`,
+//! `ami_dropped_events_total`, `ami_action_latency_ms`, plus pending actions and
+//! reconnect attempts.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::health::Health;
+
+/// Upper bounds (ms) of the latency histogram's buckets; a last `+Inf` bucket follows.
+pub const LATENCY_BUCKETS_MS: [u64; 14] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000,
+];
+
+/// A fixed-bucket histogram of action latencies in milliseconds (no allocation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last entry is `+Inf`.
+    pub buckets: [u64; LATENCY_BUCKETS_MS.len() + 1],
+    /// Sum of all observations, in microseconds (kept fine so the mean is exact).
+    pub sum_us: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one latency.
+    pub fn observe(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let slot = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&le| us <= le * 1000)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[slot] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
+    }
+
+    /// The smallest bucket bound (ms) below which at least `q` (0..=1) of the
+    /// observations fall; `None` when empty, `u64::MAX` for the `+Inf` bucket.
+    pub fn quantile_bound_ms(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let target = (q.clamp(0.0, 1.0) * self.count as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return Some(LATENCY_BUCKETS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
+}
+
+/// A snapshot of one server's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeMetrics {
+    /// The server's health when the snapshot was taken.
+    pub health: Health,
+    /// `ami_connection_status`: 1 when healthy, 0 otherwise.
+    pub connection_status: u8,
+    /// Actions awaiting completion on the current connection.
+    pub pending_actions: usize,
+    /// `ami_dropped_events_total`: events dropped (queue full) over all connections.
+    pub dropped_events_total: u64,
+    /// `ami_action_latency_ms`: send-to-completion time of the application's actions.
+    pub action_latency: LatencyHistogram,
+    /// Connection attempts started by the reconnect policy (the first open included).
+    pub reconnect_attempts: u64,
+    /// Connections that logged in.
+    pub connections_established: u64,
+    /// Attempts that failed before logging in (refused, timed out, login rejected).
+    pub connection_failures: u64,
+    /// Logged-in connections that were lost (not closed by the application).
+    pub connections_lost: u64,
+    /// Times the circuit opened (or reopened after a failed probe).
+    pub circuit_opened_total: u64,
+    /// Actions completed successfully.
+    pub actions_completed: u64,
+    /// Actions completed with an error (timeouts and connection loss included).
+    pub actions_failed: u64,
+    /// Actions refused at send time (not ready, backpressure, too many pending).
+    pub actions_refused: u64,
+}
+
+/// Writes `servers` (key, snapshot) in the Prometheus text exposition format.
+pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
+    type Gauge = fn(&NodeMetrics) -> u64;
+    let simple: [(&str, &str, &str, Gauge); 9] = [
+        (
+            "ami_connection_status",
+            "gauge",
+            "1 when the server is connected and healthy, 0 otherwise.",
+            |m| u64::from(m.connection_status),
+        ),
+        (
+            "ami_pending_actions",
+            "gauge",
+            "Actions awaiting completion.",
+            |m| m.pending_actions as u64,
+        ),
+        (
+            "ami_dropped_events_total",
+            "counter",
+            "Events dropped because the event queue was full (oldest first).",
+            |m| m.dropped_events_total,
+        ),
+        (
+            "ami_reconnect_attempts_total",
+            "counter",
+            "Connection attempts started.",
+            |m| m.reconnect_attempts,
+        ),
+        (
+            "ami_connection_failures_total",
+            "counter",
+            "Connection attempts that failed before logging in.",
+            |m| m.connection_failures,
+        ),
+        (
+            "ami_connections_lost_total",
+            "counter",
+            "Logged-in connections that were lost.",
+            |m| m.connections_lost,
+        ),
+        (
+            "ami_circuit_opened_total",
+            "counter",
+            "Times the circuit breaker opened.",
+            |m| m.circuit_opened_total,
+        ),
+        (
+            "ami_actions_failed_total",
+            "counter",
+            "Actions that completed with an error.",
+            |m| m.actions_failed,
+        ),
+        (
+            "ami_actions_refused_total",
+            "counter",
+            "Actions refused at send time.",
+            |m| m.actions_refused,
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (key, m) in servers {
+            let _ = writeln!(out, "{name}{{server=\"{}\"}} {}", escape(key), value(m));
+        }
+    }
+    let name = "ami_action_latency_ms";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from sending an action to its completion, in milliseconds.\n# TYPE {name} histogram"
+    );
+    for (key, m) in servers {
+        let key = escape(key);
+        let h = &m.action_latency;
+        let mut cumulative = 0;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cumulative += n;
+            match LATENCY_BUCKETS_MS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{server=\"{key}\",le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{server=\"{key}\",le=\"+Inf\"}} {cumulative}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum{{server=\"{key}\"}} {}.{:03}",
+            h.sum_us / 1000,
+            h.sum_us % 1000
+        );
+        let _ = writeln!(out, "{name}_count{{server=\"{key}\"}} {}", h.count);
+    }
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> NodeMetrics {
+        NodeMetrics {
+            health: Health::Healthy,
+            connection_status: 1,
+            pending_actions: 2,
+            dropped_events_total: 7,
+            action_latency: LatencyHistogram::default(),
+            reconnect_attempts: 3,
+            connections_established: 1,
+            connection_failures: 2,
+            connections_lost: 0,
+            circuit_opened_total: 0,
+            actions_completed: 0,
+            actions_failed: 0,
+            actions_refused: 0,
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_by_upper_bound() {
+        let mut h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(1000)); // le 1
+        h.observe(Duration::from_micros(1001)); // le 2
+        h.observe(Duration::from_millis(40)); // le 50
+        h.observe(Duration::from_secs(60)); // +Inf
+        assert_eq!(h.buckets[0], 1);
+        assert_eq!(h.buckets[1], 1);
+        assert_eq!(h.buckets[5], 1);
+        assert_eq!(h.buckets[LATENCY_BUCKETS_MS.len()], 1);
+        assert_eq!(h.count, 4);
+        assert_eq!(h.sum_us, 1000 + 1001 + 40_000 + 60_000_000);
+        assert_eq!(h.quantile_bound_ms(0.5), Some(2));
+        assert_eq!(h.quantile_bound_ms(0.75), Some(50));
+        assert_eq!(h.quantile_bound_ms(1.0), Some(u64::MAX));
+        assert_eq!(LatencyHistogram::default().quantile_bound_ms(0.5), None);
+    }
+
+    #[test]
+    fn prometheus_text_has_the_seeds_names_and_cumulative_buckets() {
+        let mut a = snapshot();
+        a.action_latency.observe(Duration::from_millis(3));
+        a.action_latency.observe(Duration::from_millis(3));
+        a.action_latency.observe(Duration::from_millis(300));
+        let mut b = snapshot();
+        b.connection_status = 0;
+        b.health = Health::CircuitOpen;
+        let mut out = String::new();
+        render_prometheus(&[("node_1", a), ("we\"ird", b)], &mut out);
+        assert!(out.contains("# TYPE ami_connection_status gauge\n"));
+        assert!(out.contains("ami_connection_status{server=\"node_1\"} 1\n"));
+        assert!(out.contains("ami_connection_status{server=\"we\\\"ird\"} 0\n"));
+        assert!(out.contains("# TYPE ami_dropped_events_total counter\n"));
+        assert!(out.contains("ami_dropped_events_total{server=\"node_1\"} 7\n"));
+        assert!(out.contains("# TYPE ami_action_latency_ms histogram\n"));
+        assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"2\"} 0\n"));
+        assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"5\"} 2\n"));
+        assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"500\"} 3\n"));
+        assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"+Inf\"} 3\n"));
+        assert!(out.contains("ami_action_latency_ms_sum{server=\"node_1\"} 306.000\n"));
+        assert!(out.contains("ami_action_latency_ms_count{server=\"node_1\"} 3\n"));
+        // Every sample line is `name{labels} value`.
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(series.contains("{server=\""), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
