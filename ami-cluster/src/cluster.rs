@@ -86,6 +86,11 @@ pub struct Cluster {
     router: Router<ServerId>,
     /// The node whose outputs [`Cluster::poll`] looks at first.
     poll_start: usize,
+    /// What [`Cluster::add`] builds new nodes with: the policy, the ActionID tag and
+    /// the seed stream (continued, so adding servers one by one seeds them as `new`).
+    policy: Policy,
+    instance: u32,
+    seeds: Rng,
 }
 
 impl std::fmt::Display for ServerId {
@@ -127,7 +132,31 @@ impl Cluster {
             default,
             router: Router::new(Strategy::RoundRobin),
             poll_start: 0,
+            policy: config.policy,
+            instance: config.instance,
+            seeds,
         })
+    }
+
+    /// Adds an idle server at the end of the registry (for drivers that add servers
+    /// one at a time). Its jitter seed continues the cluster's seed stream.
+    pub fn add(&mut self, server: Config) -> Result<ServerId, ClusterError> {
+        if self.id(&server.server_key).is_some() {
+            return Err(ClusterError::DuplicateServer(server.server_key));
+        }
+        let seed = self.seeds.next_u64();
+        self.nodes
+            .push(Node::new(server, self.instance, seed, self.policy));
+        Ok(ServerId(self.nodes.len() - 1))
+    }
+
+    /// Makes the server with this key the default (see [`Cluster::default_server`]).
+    pub fn set_default(&mut self, key: &str) -> Result<ServerId, ClusterError> {
+        let id = self
+            .id(key)
+            .ok_or_else(|| ClusterError::UnknownServer(key.to_owned()))?;
+        self.default = id;
+        Ok(id)
     }
 
     /// Number of servers.
