@@ -1,4 +1,9 @@
 //! The driver: many AMI servers in one `mio::Poll`, moved forward by `tick_all`.
+//!
+//! Each server's session lives in an [`ami_cluster::Node`] (reconnects, backoff,
+//! circuit breaker, health, metrics), all of them in one [`ami_cluster::Cluster`]
+//! (registry, default server, routing). The driver keeps what the sans-IO side cannot:
+//! the socket of each server, its read-ready flag, and the completion callbacks.
 
 use std::collections::HashMap;
 use std::io;
@@ -8,11 +13,13 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use ami_proto::{
-    Action, ActionError, CloseReason, Config, Connection, Output, Reply, SendError, State, Stats,
+use ami_cluster::{
+    Cluster, ClusterConfig, ClusterError, Health, NoServerAvailable, Node, NodeMetrics, NodeOutput,
+    Policy, RouteError, ServerId, Strategy,
 };
+use ami_proto::{Action, ActionError, CloseReason, Config, Output, Reply, SendError, State, Stats};
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::endpoint::{Endpoint, EndpointError, Resolver, address_of};
 use crate::submit::{Submission, SubmitError, Submitter};
@@ -30,7 +37,7 @@ pub struct DriverOptions {
     /// lookup can ever block.
     pub enforce_ip_endpoints: bool,
     /// Resolves hostnames when `enforce_ip_endpoints` is off; runs once per server, in
-    /// [`Driver::add_server`], never in a tick.
+    /// [`Driver::add_server`], never in a tick (reconnects reuse the address).
     pub resolver: Option<Box<dyn Resolver>>,
     /// Time a tick may spend running event listeners before it reads the sockets
     /// again (default 10 ms). Events not dispatched wait in the bounded queue.
@@ -40,6 +47,16 @@ pub struct DriverOptions {
     pub read_budget: usize,
     /// Actions other threads may have in flight to the driver (default 1024).
     pub submit_capacity: usize,
+    /// Reconnect policy of every server: jittered backoff (100 ms..30 s) and the
+    /// circuit breaker (opens after 5 failures for 30 s).
+    pub policy: Policy,
+    /// Seed of the reconnect jitter, to replay a run; `None` (default) picks one at
+    /// random.
+    pub seed: Option<u64>,
+    /// How [`Driver::select`] and [`Driver::send_routed`] pick a server (default
+    /// round robin). A strategy naming servers not added yet routes nothing until
+    /// they all are.
+    pub routing: Strategy<String>,
 }
 
 impl Default for DriverOptions {
@@ -50,6 +67,9 @@ impl Default for DriverOptions {
             dispatch_budget: Duration::from_millis(10),
             read_budget: 1024 * 1024,
             submit_capacity: 1024,
+            policy: Policy::default(),
+            seed: None,
+            routing: Strategy::RoundRobin,
         }
     }
 }
@@ -62,6 +82,9 @@ impl std::fmt::Debug for DriverOptions {
             .field("dispatch_budget", &self.dispatch_budget)
             .field("read_budget", &self.read_budget)
             .field("submit_capacity", &self.submit_capacity)
+            .field("policy", &self.policy)
+            .field("seed", &self.seed)
+            .field("routing", &self.routing)
             .finish()
     }
 }
@@ -90,10 +113,6 @@ impl ServerSpec {
     }
 }
 
-/// A server of a driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ServerId(usize);
-
 /// Why the driver refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -121,7 +140,9 @@ pub enum WaitError {
     /// The action failed.
     #[error(transparent)]
     Failed(#[from] ActionError),
-    /// The connection closed.
+    /// The connection closed and will not come back by itself soon: the attempt
+    /// failed before logging in (the server is now backing off or its circuit is
+    /// open), or the application closed it. See [`Driver::wait_ready`].
     #[error("connection closed: {0}")]
     Closed(CloseReason),
     /// The wait ran out.
@@ -136,13 +157,14 @@ pub struct TickReport {
     pub bytes_read: u64,
     /// Bytes written to all sockets.
     pub bytes_written: u64,
-    /// Outputs dispatched (events, completions, state changes, reports).
+    /// Outputs dispatched (events, completions, state and health changes, reports).
     pub outputs: u64,
     /// Whether anything happened at all.
     pub progressed: bool,
 }
 
-/// Counters of the driver itself (each connection has its own [`Stats`]).
+/// Counters of the driver itself (each connection has its own [`Stats`], each
+/// server its [`NodeMetrics`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DriverStats {
     /// Ticks run.
@@ -157,31 +179,46 @@ pub struct DriverStats {
 
 type Callback = Box<dyn FnOnce(Result<Reply, ActionError>)>;
 
+/// What the driver keeps per server besides its [`Node`]: the I/O side.
 struct Server {
     key: Arc<str>,
-    config: Config,
     addr: SocketAddr,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConnector>,
+    /// The socket of the node's current connection, from `NodeOutput::Connect` until
+    /// that connection's `Closed`.
     transport: Option<Transport>,
-    conn: Option<Connection>,
-    generation: u64,
     /// The transport's connect was confirmed.
     transport_up: bool,
     /// Readable and not yet read to `WouldBlock` (edge-triggered: no new event will come).
     read_ready: bool,
+    /// The last write hit `WouldBlock`: wait for a writable event before writing again.
+    write_blocked: bool,
+    /// Completion callbacks by ActionID. ActionIDs carry the connection's generation,
+    /// so a callback never matches another connection's completion; every entry is
+    /// removed by its action's completion, which the core guarantees (a lost
+    /// connection completes its actions with `ConnectionClosed`).
     callbacks: HashMap<String, Callback>,
 }
 
-/// Many AMI servers in one `mio::Poll`. See the crate documentation.
+/// Many AMI servers in one `mio::Poll`, each kept connected by its
+/// [`ami_cluster::Node`]. See the crate documentation.
+///
+/// Methods taking a [`ServerId`] panic when it does not come from this driver.
 pub struct Driver {
     poll: Poll,
     events: Events,
+    /// Created by the first [`Driver::add_server`] (a cluster is never empty).
+    cluster: Option<Cluster>,
+    /// Indexed like the cluster's nodes.
     servers: Vec<Server>,
     listeners: Listeners,
     read_buf: Vec<u8>,
     options: DriverOptions,
     instance: u32,
+    seed: u64,
+    /// A routing strategy that names servers not added yet.
+    pending_routing: Option<Strategy<String>>,
     inbox: Receiver<Submission>,
     submitter: Submitter,
     stats: DriverStats,
@@ -214,14 +251,18 @@ impl Driver {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (submitter, inbox) = Submitter::new(waker, options.submit_capacity);
+        let seed = options.seed.unwrap_or_else(|| random_u64(0x5EED));
         Ok(Driver {
             poll,
             events: Events::with_capacity(1024),
+            cluster: None,
             servers: Vec::new(),
             listeners: Listeners::default(),
             read_buf: vec![0; 64 * 1024],
+            pending_routing: Some(options.routing.clone()),
             options,
-            instance: instance_tag(),
+            instance: random_u64(0) as u32,
+            seed,
             inbox,
             submitter,
             stats: DriverStats::default(),
@@ -230,7 +271,9 @@ impl Driver {
         })
     }
 
-    /// Adds a server (not yet connected). Its endpoint is resolved here, once.
+    /// Adds a server, idle: it connects on [`Driver::connect`], [`Driver::connect_all`]
+    /// (eager open) or its first use (lazy open: [`Driver::send`], [`Driver::server`],
+    /// [`Driver::wait_ready`], routing). Its endpoint is resolved here, once.
     pub fn add_server(&mut self, spec: ServerSpec) -> Result<ServerId, DriverError> {
         let key = spec.config.server_key.clone();
         if self.servers.iter().any(|s| *s.key == *key) {
@@ -244,28 +287,69 @@ impl Driver {
             .as_ref()
             .map(crate::tls::TlsConnector::new)
             .transpose()?;
+        let id = match &mut self.cluster {
+            Some(cluster) => cluster.add(spec.config),
+            None => Cluster::new(ClusterConfig {
+                servers: vec![spec.config],
+                default: None,
+                policy: self.options.policy,
+                seed: self.seed,
+                instance: self.instance,
+            })
+            .map(|cluster| {
+                self.cluster = Some(cluster);
+                ServerId(0)
+            }),
+        }
+        .map_err(|_| DriverError::DuplicateServer(key.clone()))?;
+        debug_assert_eq!(id.0, self.servers.len());
         self.servers.push(Server {
             key: Arc::from(key.as_str()),
-            config: spec.config,
             addr,
             #[cfg(feature = "tls")]
             tls,
             transport: None,
-            conn: None,
-            generation: 0,
             transport_up: false,
             read_ready: false,
+            write_blocked: false,
             callbacks: HashMap::new(),
         });
-        Ok(ServerId(self.servers.len() - 1))
+        if let (Some(strategy), Some(cluster)) = (&self.pending_routing, &mut self.cluster) {
+            if cluster.set_routing(strategy.clone()).is_ok() {
+                self.pending_routing = None;
+            }
+        }
+        Ok(id)
     }
 
-    /// The server with this key.
+    /// The server with this key, without opening it.
     pub fn server_id(&self, key: &str) -> Option<ServerId> {
-        self.servers
-            .iter()
-            .position(|s| &*s.key == key)
-            .map(ServerId)
+        self.cluster.as_ref().and_then(|c| c.id(key))
+    }
+
+    /// The server with this key, opened if it was idle (lazy open).
+    pub fn server(&mut self, key: &str) -> Result<ServerId, ClusterError> {
+        let cluster = self
+            .cluster
+            .as_mut()
+            .ok_or_else(|| ClusterError::UnknownServer(key.to_owned()))?;
+        cluster.server(key, Instant::now())
+    }
+
+    /// The default server (the first added, unless [`Driver::set_default_server`]
+    /// chose another), opened if it was idle. `Empty` when no server was added.
+    pub fn default_server(&mut self) -> Result<ServerId, ClusterError> {
+        let cluster = self.cluster.as_mut().ok_or(ClusterError::Empty)?;
+        Ok(cluster.default_server(Instant::now()))
+    }
+
+    /// Makes the server with this key the default (without opening it).
+    pub fn set_default_server(&mut self, key: &str) -> Result<ServerId, ClusterError> {
+        let cluster = self
+            .cluster
+            .as_mut()
+            .ok_or_else(|| ClusterError::UnknownServer(key.to_owned()))?;
+        cluster.set_default(key)
     }
 
     /// Every server, in the order added.
@@ -278,25 +362,60 @@ impl Driver {
         &self.servers[id.0].key
     }
 
-    /// The state of a server's connection (`Closed` before the first connect).
-    pub fn state(&self, id: ServerId) -> State {
-        self.servers[id.0]
-            .conn
-            .as_ref()
-            .map_or(State::Closed, Connection::state)
+    /// A server's node (read only): its reconnect state, generation, current
+    /// connection.
+    pub fn node(&self, id: ServerId) -> &Node {
+        self.cluster().node(id)
     }
 
-    /// Counters of the server's current connection.
+    /// The state of a server's current connection (`Closed` before the first connect
+    /// and between reconnect attempts; see [`Driver::health`]).
+    pub fn state(&self, id: ServerId) -> State {
+        self.node(id).state()
+    }
+
+    /// A server's health: its connection's state plus its reconnect status
+    /// (`Reconnecting`, `CircuitOpen`). Only `Healthy` servers are routed to.
+    pub fn health(&self, id: ServerId) -> Health {
+        self.node(id).health()
+    }
+
+    /// A server's metrics, kept across reconnects.
+    pub fn metrics(&self, id: ServerId) -> NodeMetrics {
+        self.node(id).metrics()
+    }
+
+    /// Every server's metrics with its key, in the order added.
+    pub fn cluster_metrics(&self) -> Vec<(&str, NodeMetrics)> {
+        self.cluster
+            .as_ref()
+            .map_or_else(Vec::new, Cluster::metrics)
+    }
+
+    /// Every server's metrics in the Prometheus text format (`ami_connection_status`,
+    /// `ami_dropped_events_total`, `ami_action_latency_ms`, ...).
+    pub fn render_prometheus(&self) -> String {
+        match &self.cluster {
+            Some(cluster) => cluster.render_prometheus(),
+            None => {
+                let mut out = String::new();
+                ami_cluster::render_prometheus(&[], &mut out);
+                out
+            }
+        }
+    }
+
+    /// Counters of the server's current connection (they start again with every
+    /// connection; [`Driver::metrics`] has the totals).
     pub fn connection_stats(&self, id: ServerId) -> Option<Stats> {
-        self.servers[id.0].conn.as_ref().map(Connection::stats)
+        self.node(id).connection().map(ami_proto::Connection::stats)
     }
 
     /// The banner of the server's current connection.
     pub fn banner(&self, id: ServerId) -> Option<&str> {
-        self.servers[id.0]
-            .conn
-            .as_ref()
-            .and_then(Connection::banner)
+        self.node(id)
+            .connection()
+            .and_then(ami_proto::Connection::banner)
     }
 
     /// The driver's own counters.
@@ -311,66 +430,105 @@ impl Driver {
         self.submitter.clone()
     }
 
-    /// Starts connecting to a server (non-blocking). A server already connecting or
-    /// connected is left alone. A connect that fails at once closes the connection
-    /// with the reason, like one that fails later.
+    /// Opens a server (eager open): it connects in the next tick and from then on is
+    /// kept connected, reconnecting after a jittered backoff when an attempt fails or
+    /// the session is lost, until [`Driver::close`]. A server already open is left
+    /// alone; one backing off or with an open circuit keeps its schedule. Never fails
+    /// today (connect errors are retried, not returned); the `Result` is kept for
+    /// compatibility.
     pub fn connect(&mut self, id: ServerId) -> Result<(), DriverError> {
-        let server = &mut self.servers[id.0];
-        if server
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.state() != State::Closed)
-        {
-            return Ok(());
-        }
         let now = Instant::now();
-        server.generation += 1;
-        server.transport_up = false;
-        server.read_ready = false;
-        let mut conn =
-            Connection::new(server.config.clone(), self.instance, server.generation, now);
-        match TcpStream::connect(server.addr) {
-            Ok(mut stream) => {
-                self.poll.registry().register(
-                    &mut stream,
-                    Token(id.0),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                server.transport = Some(wrap(server, stream)?);
-            }
-            Err(error) => conn.handle_transport_error(now, &error),
-        }
-        server.conn = Some(conn);
+        self.cluster_mut().node_mut(id).open(now);
         Ok(())
     }
 
-    /// Starts connecting to every server.
+    /// Opens every server (see [`Driver::connect`]).
     pub fn connect_all(&mut self) -> Result<(), DriverError> {
-        for index in 0..self.servers.len() {
-            self.connect(ServerId(index))?;
+        if let Some(cluster) = &mut self.cluster {
+            cluster.connect_all(Instant::now());
         }
         Ok(())
     }
 
-    /// Sends an action; `on_complete` runs once, in a later tick, with the reply or the
-    /// reason it failed. Returns the ActionID.
+    /// Sends an action; `on_complete` runs exactly once, in a later tick, with the
+    /// reply or the reason it failed (a lost connection fails it with
+    /// `ConnectionClosed`; it is never re-sent). Returns the ActionID.
+    ///
+    /// Refused at once, never queued, when the server is not logged in
+    /// (`NotReady`); `on_complete` is then dropped without being called. An idle
+    /// server is opened by its first send (lazy open), which is still refused.
     pub fn send(
         &mut self,
         id: ServerId,
         action: impl Into<Action>,
         on_complete: impl FnOnce(Result<Reply, ActionError>) + 'static,
     ) -> Result<String, SendError> {
-        let server = &mut self.servers[id.0];
-        let Some(conn) = server.conn.as_mut() else {
-            return Err(SendError::NotReady {
-                state: State::Closed,
-            });
-        };
-        let action_id = conn.send(Instant::now(), action)?;
-        server
+        let now = Instant::now();
+        let action_id = self.cluster_mut().node_mut(id).send(now, action)?;
+        self.servers[id.0]
             .callbacks
             .insert(action_id.clone(), Box::new(on_complete));
         Ok(action_id)
+    }
+
+    /// Sets the routing strategy of [`Driver::select`] and [`Driver::send_routed`];
+    /// every key it names must have been added.
+    pub fn set_routing(&mut self, strategy: Strategy<String>) -> Result<(), ClusterError> {
+        match &mut self.cluster {
+            Some(cluster) => cluster.set_routing(strategy)?,
+            None => {
+                if let Some(key) = named_keys(&strategy).first() {
+                    return Err(ClusterError::UnknownServer((*key).clone()));
+                }
+                // Applied when the first server is added.
+                self.pending_routing = Some(strategy);
+                return Ok(());
+            }
+        }
+        self.pending_routing = None;
+        Ok(())
+    }
+
+    /// A `Healthy` server chosen by the routing strategy. Idle servers are opened
+    /// first (they become selectable once logged in).
+    pub fn select(&mut self) -> Result<ServerId, NoServerAvailable> {
+        self.unresolved_routing()?;
+        let Some(cluster) = &mut self.cluster else {
+            return Err(NoServerAvailable {
+                strategy: self.options.routing.kind(),
+                considered: 0,
+            });
+        };
+        cluster.select(Instant::now())
+    }
+
+    /// Sends an action to the server [`Driver::select`] picks; `on_complete` runs
+    /// exactly once as with [`Driver::send`]. Returns the server and the ActionID.
+    pub fn send_routed(
+        &mut self,
+        action: impl Into<Action>,
+        on_complete: impl FnOnce(Result<Reply, ActionError>) + 'static,
+    ) -> Result<(ServerId, String), RouteError> {
+        let server = self.select()?;
+        let action_id = self
+            .send(server, action, on_complete)
+            .map_err(|error| RouteError::Refused { server, error })?;
+        Ok((server, action_id))
+    }
+
+    /// `Err` when the routing strategy still names servers that were not added.
+    fn unresolved_routing(&self) -> Result<(), NoServerAvailable> {
+        let Some(strategy) = &self.pending_routing else {
+            return Ok(());
+        };
+        let known = named_keys(strategy)
+            .into_iter()
+            .filter(|key| self.server_id(key).is_some())
+            .count();
+        Err(NoServerAvailable {
+            strategy: strategy.kind(),
+            considered: known,
+        })
     }
 
     /// Subscribes `listener` to the events that pass `filter`.
@@ -399,7 +557,8 @@ impl Driver {
         self.subscribe(Filter::any(), listener)
     }
 
-    /// Calls `listener(server_key, from, to)` on every connection state change.
+    /// Calls `listener(server_key, from, to)` on every connection state change (of
+    /// every connection: each reconnect starts again from `Connecting`).
     pub fn on_state_change(
         &mut self,
         listener: impl FnMut(&str, State, State) + 'static,
@@ -407,38 +566,52 @@ impl Driver {
         self.listeners.add_state(Box::new(listener))
     }
 
+    /// Calls `listener(server_key, from, to)` on every health change, e.g.
+    /// `Healthy → Reconnecting → Connecting → ... → Healthy`, or `CircuitOpen` after
+    /// repeated failures (circuit transitions themselves are logged by `ami-cluster`).
+    pub fn on_health_change(
+        &mut self,
+        listener: impl FnMut(&str, Health, Health) + 'static,
+    ) -> SubscriptionId {
+        self.listeners.add_health(Box::new(listener))
+    }
+
     /// Removes a listener; false if it was not there.
     pub fn unsubscribe(&mut self, id: SubscriptionId) -> bool {
         self.listeners.remove(id)
     }
 
-    /// Closes a server gracefully: `Logoff`, then `Goodbye` or the close deadline.
+    /// Closes a server gracefully (`Logoff`, then `Goodbye` or the close deadline)
+    /// and stops reconnecting it until [`Driver::connect`].
     pub fn close(&mut self, id: ServerId) {
-        if let Some(conn) = self.servers[id.0].conn.as_mut() {
-            conn.close(Instant::now());
-        }
+        let now = Instant::now();
+        self.cluster_mut().node_mut(id).close(now);
     }
 
-    /// Closes every server gracefully.
+    /// Closes every server gracefully; none reconnects.
     pub fn close_all(&mut self) {
-        for index in 0..self.servers.len() {
-            self.close(ServerId(index));
+        if let Some(cluster) = &mut self.cluster {
+            cluster.close_all(Instant::now());
         }
     }
 
-    /// Closes every server and ticks until all are closed or `max_wait` ran out.
-    /// Returns whether all closed in time.
+    /// Closes every server and ticks until all are closed (and their last
+    /// completions dispatched) or `max_wait` ran out. Returns whether all closed in
+    /// time.
     pub fn shutdown(&mut self, max_wait: Duration) -> bool {
         self.close_all();
         let deadline = Instant::now() + max_wait;
-        while self.server_ids().any(|id| self.state(id) != State::Closed) {
+        loop {
+            let all_closed = self.server_ids().all(|id| self.state(id) == State::Closed);
+            let drained = self
+                .server_ids()
+                .all(|id| !self.node(id).has_pending_outputs());
             let now = Instant::now();
-            if now >= deadline {
-                return false;
+            if (all_closed && drained) || now >= deadline {
+                return all_closed;
             }
             self.tick_all((deadline - now).min(Duration::from_millis(50)));
         }
-        true
     }
 
     /// Runs a tick without waiting: `tick_all(0)`.
@@ -447,15 +620,17 @@ impl Driver {
     }
 
     /// Moves one server forward (the others' sockets are still polled, but only this
-    /// server is read, written and dispatched).
+    /// server is read, written, timed and dispatched).
     pub fn tick(&mut self, id: ServerId, timeout: Duration) -> TickReport {
         self.run_tick(timeout, Some(id.0))
     }
 
     /// Moves every server forward, in order: waits for readiness (at most `timeout`,
-    /// clamped to 250 ms, and never past the earliest deadline), reads every ready
-    /// socket until `WouldBlock` (within the read budget), writes what each connection
-    /// has queued, runs timeouts and heartbeats, then dispatches completions and events.
+    /// clamped to 250 ms, and never past the earliest deadline or reconnect attempt),
+    /// reads every ready socket until `WouldBlock` (within the read budget), writes
+    /// what each connection has queued, runs timeouts, heartbeats and due reconnect
+    /// attempts, then dispatches outputs: opens the sockets nodes ask for, drops
+    /// closed ones, runs completion callbacks and listeners.
     pub fn tick_all(&mut self, timeout: Duration) -> TickReport {
         self.run_tick(timeout, None)
     }
@@ -465,23 +640,31 @@ impl Driver {
         let timeout = self.clamp(timeout);
         let mut report = TickReport::default();
         let selected = |index: usize| only.is_none_or(|o| o == index);
+        let count = self.servers.len();
 
         // 1. Wait for readiness, no longer than the earliest deadline, and not at all
         //    when work is already waiting.
         let now = Instant::now();
         let mut wait = timeout;
-        for (_, server) in self
-            .servers
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| selected(*i))
-        {
-            let Some(conn) = &server.conn else { continue };
-            if server.read_ready || conn.queued_events() > 0 {
-                wait = Duration::ZERO;
-            }
-            if let Some(at) = conn.poll_timeout() {
-                wait = wait.min(at.saturating_duration_since(now));
+        if let Some(cluster) = &self.cluster {
+            for index in (0..count).filter(|&i| selected(i)) {
+                let node = cluster.node(ServerId(index));
+                let server = &self.servers[index];
+                // Bytes queued since the last tick (a send) go out now, not after a
+                // wait that nothing would cut short.
+                let can_write = server.transport_up
+                    && !server.write_blocked
+                    && !node.poll_transmit().is_empty();
+                if server.read_ready
+                    || can_write
+                    || node.queued_events() > 0
+                    || node.has_pending_outputs()
+                {
+                    wait = Duration::ZERO;
+                }
+                if let Some(at) = node.poll_timeout() {
+                    wait = wait.min(at.saturating_duration_since(now));
+                }
             }
         }
         if let Err(error) = self.poll.poll(&mut self.events, Some(wait)) {
@@ -500,43 +683,51 @@ impl Driver {
             let Some(server) = self.servers.get_mut(event.token().0) else {
                 continue;
             };
+            let Some(cluster) = self.cluster.as_mut() else {
+                continue;
+            };
             if server.transport.is_none() {
                 continue;
             }
             if !server.transport_up {
-                confirm_connect(server, now);
+                confirm_connect(server, cluster.node_mut(ServerId(event.token().0)), now);
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 server.read_ready = true;
+            }
+            if event.is_writable() {
+                server.write_blocked = false;
             }
         }
         if woken {
             self.take_submissions();
         }
+        if self.cluster.is_none() {
+            return report;
+        }
 
         // 2. Read every ready socket.
-        for index in (0..self.servers.len()).filter(|&i| selected(i)) {
+        for index in (0..count).filter(|&i| selected(i)) {
             report.bytes_read += self.read_server(index, now);
         }
-        // 3. Write, 4. run timeouts (they may queue heartbeats), write those too.
+        // 3. Write, 4. run timeouts and reconnects (they may queue heartbeats), write
+        //    those too.
         let now = Instant::now();
-        for index in (0..self.servers.len()).filter(|&i| selected(i)) {
-            report.bytes_written += write_server(&mut self.servers[index], now);
-            if let Some(conn) = self.servers[index].conn.as_mut() {
-                if conn.poll_timeout().is_some_and(|at| at <= now) {
-                    conn.handle_timeout(now);
-                    report.progressed = true;
-                }
+        for index in (0..count).filter(|&i| selected(i)) {
+            let (server, node) = self.parts(index);
+            report.bytes_written += write_server(server, node, now);
+            if node.poll_timeout().is_some_and(|at| at <= now) {
+                node.handle_timeout(now);
+                report.progressed = true;
             }
-            report.bytes_written += write_server(&mut self.servers[index], now);
+            report.bytes_written += write_server(server, node, now);
         }
-        // 5. Dispatch completions and events, within the dispatch budget.
-        // The server that goes first changes every tick, so that a spent budget does not
-        // always starve the same servers' listeners.
+        // 5. Dispatch outputs, events within the dispatch budget. The server that goes
+        //    first changes every tick, so that a spent budget does not always starve
+        //    the same servers' listeners.
         let budget_end = Instant::now() + self.options.dispatch_budget;
-        let count = self.servers.len().max(1);
-        self.dispatch_start = (self.dispatch_start + 1) % count;
-        for offset in 0..self.servers.len() {
+        self.dispatch_start = (self.dispatch_start + 1) % count.max(1);
+        for offset in 0..count {
             let index = (self.dispatch_start + offset) % count;
             if selected(index) {
                 report.outputs += self.dispatch_server(index, budget_end);
@@ -568,15 +759,36 @@ impl Driver {
         MAX_TICK_TIMEOUT
     }
 
+    fn cluster(&self) -> &Cluster {
+        self.cluster.as_ref().expect("no server was added")
+    }
+
+    fn cluster_mut(&mut self) -> &mut Cluster {
+        self.cluster.as_mut().expect("no server was added")
+    }
+
+    /// A server's I/O side and its node, borrowed together.
+    fn parts(&mut self, index: usize) -> (&mut Server, &mut Node) {
+        let node = self
+            .cluster
+            .as_mut()
+            .expect("no server was added")
+            .node_mut(ServerId(index));
+        (&mut self.servers[index], node)
+    }
+
     /// Reads a ready server until `WouldBlock`, its end, or the read budget.
     fn read_server(&mut self, index: usize, now: Instant) -> u64 {
         let budget = self.options.read_budget;
+        let Some(cluster) = self.cluster.as_mut() else {
+            return 0;
+        };
+        let node = cluster.node_mut(ServerId(index));
         let server = &mut self.servers[index];
         if !server.read_ready || !server.transport_up {
             return 0;
         }
-        let (Some(transport), Some(conn)) = (server.transport.as_mut(), server.conn.as_mut())
-        else {
+        let Some(transport) = server.transport.as_mut() else {
             server.read_ready = false;
             return 0;
         };
@@ -588,14 +800,14 @@ impl Driver {
             }
             match transport.read(&mut self.read_buf) {
                 Ok(0) => {
-                    conn.handle_eof(now);
+                    node.handle_eof(now);
                     server.read_ready = false;
                     return total;
                 }
                 Ok(n) => {
                     total += n as u64;
-                    conn.handle_data(now, &self.read_buf[..n]);
-                    if conn.state() == State::Closed {
+                    node.handle_data(now, &self.read_buf[..n]);
+                    if node.state() == State::Closed {
                         server.read_ready = false;
                         return total;
                     }
@@ -606,7 +818,7 @@ impl Driver {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
-                    conn.handle_transport_error(now, &error);
+                    node.handle_transport_error(now, &error);
                     server.read_ready = false;
                     return total;
                 }
@@ -614,31 +826,45 @@ impl Driver {
         }
     }
 
-    /// Drains a server's outputs: callbacks, listeners, state changes.
+    /// Drains a server's outputs: opens and drops its transport, runs callbacks and
+    /// listeners.
     fn dispatch_server(&mut self, index: usize, budget_end: Instant) -> u64 {
-        let server = &mut self.servers[index];
-        let Some(conn) = server.conn.as_mut() else {
+        let id = ServerId(index);
+        let Some(cluster) = self.cluster.as_mut() else {
             return 0;
         };
+        let node = cluster.node_mut(id);
+        let server = &mut self.servers[index];
         let mut count = 0u64;
         // Listeners run until the budget is spent; one slow listener call must not be
         // followed by dozens more before the sockets are read again (Asterisk cuts a
         // reader that stalls for 100 ms), so the clock is read after every call.
+        // Everything but events (connects, completions, state changes) is always
+        // drained.
         let mut spent = Instant::now() >= budget_end;
         loop {
-            if spent && conn.queued_events() > 0 && !conn.has_pending_outputs() {
+            if spent && node.queued_events() > 0 && !node.has_pending_outputs() {
                 break;
             }
-            let Some(output) = conn.poll() else { break };
+            let Some(output) = node.poll() else { break };
             count += 1;
             match output {
-                Output::Event(event) => {
+                NodeOutput::Connect => {
+                    open_transport(self.poll.registry(), server, node, Token(index))
+                }
+                NodeOutput::Health { from, to } => {
+                    tracing::debug!(server_key = %server.key, %from, %to, "health");
+                    self.listeners.dispatch_health(&server.key, from, to);
+                }
+                // Logged (info) and counted by the node; health reports `CircuitOpen`.
+                NodeOutput::Circuit(_) => {}
+                NodeOutput::Connection(Output::Event(event)) => {
                     if self.listeners.has_event_listeners() {
                         self.listeners.dispatch_event(&event);
                         spent = Instant::now() >= budget_end;
                     }
                 }
-                Output::Completed(done) => {
+                NodeOutput::Connection(Output::Completed(done)) => {
                     if let Some(callback) = server.callbacks.remove(&done.action_id) {
                         if catch_unwind(AssertUnwindSafe(|| callback(done.result))).is_err() {
                             self.stats.callback_panics += 1;
@@ -646,18 +872,15 @@ impl Driver {
                         }
                     }
                 }
-                Output::StateChanged { from, to } => {
+                NodeOutput::Connection(Output::StateChanged { from, to }) => {
                     self.listeners.dispatch_state(&server.key, from, to)
                 }
-                Output::Closed(reason) => {
+                NodeOutput::Connection(Output::Closed(reason)) => {
                     tracing::info!(server_key = %server.key, %reason, "connection closed");
-                    if let Some(mut transport) = server.transport.take() {
-                        let _ = self.poll.registry().deregister(transport.socket());
-                    }
-                    server.read_ready = false;
+                    drop_transport(self.poll.registry(), server);
                 }
                 // Already counted in the connection's stats and logged by the core.
-                Output::Discarded(_) | Output::Unmatched(_) => {}
+                NodeOutput::Connection(Output::Discarded(_) | Output::Unmatched(_)) => {}
             }
         }
         count
@@ -703,14 +926,29 @@ impl Driver {
         }
     }
 
-    /// Ticks until `id` is logged in (Ok) or closed (Err), at most `max_wait`.
+    /// Ticks until `id` is logged in, at most `max_wait`. An idle server is opened
+    /// first (lazy open).
+    ///
+    /// What counts as the end of the wait, with reconnects: a server that lost a
+    /// logged-in session reconnects after a short backoff, so the wait goes on through
+    /// the reconnect. An attempt that fails before logging in (refused, TLS error,
+    /// banner or login timeout, rejected credentials) returns
+    /// `Err(WaitError::Closed(reason))` at once, although the server keeps retrying
+    /// in the background: the next attempt may be seconds away (or the circuit
+    /// open), and it is likely to fail the same way. A server closed by the
+    /// application also returns `Closed`.
     pub fn wait_ready(&mut self, id: ServerId, max_wait: Duration) -> Result<(), WaitError> {
         let deadline = Instant::now() + max_wait;
+        {
+            let now = Instant::now();
+            let node = self.cluster_mut().node_mut(id);
+            if node.is_idle() {
+                node.open(now);
+            }
+        }
         loop {
-            match self.state(id) {
-                state if state.is_ready() => return Ok(()),
-                State::Closed => return Err(WaitError::Closed(self.last_close_reason(id))),
-                _ => {}
+            if let Some(result) = self.readiness(id) {
+                return result;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -720,17 +958,32 @@ impl Driver {
         }
     }
 
-    fn last_close_reason(&self, id: ServerId) -> CloseReason {
-        self.servers[id.0]
-            .conn
-            .as_ref()
-            .and_then(Connection::close_reason)
+    /// `Some` when [`Driver::wait_ready`] is done waiting for `id`.
+    fn readiness(&self, id: ServerId) -> Option<Result<(), WaitError>> {
+        let node = self.node(id);
+        let state = node.state();
+        if state.is_ready() {
+            return Some(Ok(()));
+        }
+        if state != State::Closed {
+            return None;
+        }
+        let conn = node.connection();
+        let attempt_failed = conn.is_some_and(|c| c.logged_in_at().is_none());
+        let retry_scheduled = node.is_running() && node.reconnector().next_attempt().is_some();
+        if retry_scheduled && !attempt_failed {
+            return None;
+        }
+        let reason = conn
+            .and_then(ami_proto::Connection::close_reason)
             .cloned()
-            .unwrap_or(CloseReason::PeerClosed)
+            .unwrap_or(CloseReason::PeerClosed);
+        Some(Err(WaitError::Closed(reason)))
     }
 
     /// Sends an action and ticks until it completes (for simple programs and tests).
-    /// The action's own deadline bounds the wait.
+    /// The action's own deadline bounds the wait; a lost connection ends it with
+    /// `ConnectionClosed`.
     pub fn send_and_wait(
         &mut self,
         id: ServerId,
@@ -750,6 +1003,50 @@ impl Driver {
     }
 }
 
+/// The server keys a strategy names.
+fn named_keys(strategy: &Strategy<String>) -> Vec<&String> {
+    match strategy {
+        Strategy::Explicit(key) => vec![key],
+        Strategy::Failover(keys) => keys.iter().collect(),
+        Strategy::RoundRobin | Strategy::HealthAware => Vec::new(),
+    }
+}
+
+/// Starts the non-blocking connect a node asked for (`NodeOutput::Connect`): a new
+/// socket registered under the server's token, wrapped in TLS if configured. A
+/// failure is reported to the node, which retries after its backoff.
+fn open_transport(registry: &Registry, server: &mut Server, node: &mut Node, token: Token) {
+    // A `Connect` follows the previous connection's `Closed`, so there is no transport
+    // left; drop one anyway rather than leak a registration.
+    drop_transport(registry, server);
+    if node.state() == State::Closed {
+        // The attempt ended before its socket was opened (closed by the application).
+        return;
+    }
+    let now = Instant::now();
+    let opened = TcpStream::connect(server.addr)
+        .and_then(|stream| wrap(server, stream))
+        .and_then(|mut transport| {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            registry.register(transport.socket(), token, interest)?;
+            Ok(transport)
+        });
+    match opened {
+        Ok(transport) => server.transport = Some(transport),
+        Err(error) => node.handle_transport_error(now, &error),
+    }
+}
+
+/// Deregisters and drops a server's transport, if any.
+fn drop_transport(registry: &Registry, server: &mut Server) {
+    if let Some(mut transport) = server.transport.take() {
+        let _ = registry.deregister(transport.socket());
+    }
+    server.transport_up = false;
+    server.read_ready = false;
+    server.write_blocked = false;
+}
+
 /// Wraps a new socket in the server's transport (TLS if configured).
 fn wrap(server: &Server, stream: TcpStream) -> io::Result<Transport> {
     #[cfg(feature = "tls")]
@@ -762,14 +1059,14 @@ fn wrap(server: &Server, stream: TcpStream) -> io::Result<Transport> {
 
 /// Confirms a non-blocking connect the way mio documents: no pending socket error, and
 /// a peer address. `NotConnected` means not yet (a spurious wake-up).
-fn confirm_connect(server: &mut Server, now: Instant) {
-    let (Some(transport), Some(conn)) = (server.transport.as_mut(), server.conn.as_mut()) else {
+fn confirm_connect(server: &mut Server, node: &mut Node, now: Instant) {
+    let Some(transport) = server.transport.as_mut() else {
         return;
     };
     let socket = transport.socket();
     match socket.take_error() {
         Ok(Some(error)) | Err(error) => {
-            conn.handle_transport_error(now, &error);
+            node.handle_transport_error(now, &error);
             return;
         }
         Ok(None) => {}
@@ -778,38 +1075,41 @@ fn confirm_connect(server: &mut Server, now: Instant) {
         Ok(_) => {
             let _ = socket.set_nodelay(true);
             server.transport_up = true;
-            conn.handle_connected(now);
+            node.handle_connected(now);
         }
         Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-        Err(error) => conn.handle_transport_error(now, &error),
+        Err(error) => node.handle_transport_error(now, &error),
     }
 }
 
 /// Writes what the connection has queued until the socket would block. A partial
 /// write leaves the rest at the head of the connection's buffer.
-fn write_server(server: &mut Server, now: Instant) -> u64 {
+fn write_server(server: &mut Server, node: &mut Node, now: Instant) -> u64 {
     if !server.transport_up {
         return 0;
     }
-    let (Some(transport), Some(conn)) = (server.transport.as_mut(), server.conn.as_mut()) else {
+    let Some(transport) = server.transport.as_mut() else {
         return 0;
     };
     let mut total = 0u64;
     if let Err(error) = transport.flush() {
-        conn.handle_transport_error(now, &error);
+        node.handle_transport_error(now, &error);
         return 0;
     }
-    while !conn.poll_transmit().is_empty() {
-        match transport.write(conn.poll_transmit()) {
+    while !node.poll_transmit().is_empty() {
+        match transport.write(node.poll_transmit()) {
             Ok(0) => break,
             Ok(n) => {
-                conn.advance_transmit(n);
+                node.advance_transmit(n);
                 total += n as u64;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                server.write_blocked = true;
+                break;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {
-                conn.handle_transport_error(now, &error);
+                node.handle_transport_error(now, &error);
                 break;
             }
         }
@@ -817,8 +1117,9 @@ fn write_server(server: &mut Server, now: Instant) -> u64 {
     total
 }
 
-/// A tag that differs between processes (and drivers), for ActionIDs.
-fn instance_tag() -> u32 {
+/// 64 bits that differ between processes and drivers (for ActionID tags and jitter
+/// seeds). Not cryptographic.
+fn random_u64(salt: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded randomly per process; mixing in the pid and a counter
     // keeps two drivers in one process apart too.
@@ -826,5 +1127,6 @@ fn instance_tag() -> u32 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.write_u32(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    hasher.finish() as u32
+    hasher.write_u64(salt);
+    hasher.finish()
 }

@@ -5,6 +5,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use ami_cluster::Health;
 use ami_proto::{Event, State};
 
 /// Which events a listener wants. Every condition given must hold.
@@ -64,12 +65,14 @@ pub struct SubscriptionId(u64);
 
 type EventListener = Box<dyn FnMut(&Event)>;
 type StateListener = Box<dyn FnMut(&str, State, State)>;
+type HealthListener = Box<dyn FnMut(&str, Health, Health)>;
 
 /// Every listener of a driver.
 #[derive(Default)]
 pub(crate) struct Listeners {
     events: Vec<(SubscriptionId, Filter, EventListener)>,
     states: Vec<(SubscriptionId, StateListener)>,
+    healths: Vec<(SubscriptionId, HealthListener)>,
     next_id: u64,
     /// Listener calls that panicked.
     pub(crate) panics: u64,
@@ -80,6 +83,7 @@ impl std::fmt::Debug for Listeners {
         f.debug_struct("Listeners")
             .field("events", &self.events.len())
             .field("states", &self.states.len())
+            .field("healths", &self.healths.len())
             .field("panics", &self.panics)
             .finish()
     }
@@ -103,12 +107,20 @@ impl Listeners {
         id
     }
 
+    pub(crate) fn add_health(&mut self, listener: HealthListener) -> SubscriptionId {
+        let id = self.next_id();
+        self.healths.push((id, listener));
+        id
+    }
+
     /// Removes a listener; false if there was none with this id.
     pub(crate) fn remove(&mut self, id: SubscriptionId) -> bool {
-        let before = self.events.len() + self.states.len();
+        let count = |l: &Self| l.events.len() + l.states.len() + l.healths.len();
+        let before = count(self);
         self.events.retain(|(i, _, _)| *i != id);
         self.states.retain(|(i, _)| *i != id);
-        before != self.events.len() + self.states.len()
+        self.healths.retain(|(i, _)| *i != id);
+        before != count(self)
     }
 
     /// Whether any event listener exists (events are not cloned out otherwise).
@@ -131,6 +143,15 @@ impl Listeners {
             if catch_unwind(AssertUnwindSafe(|| listener(server_key, from, to))).is_err() {
                 self.panics += 1;
                 tracing::error!(server_key, "state listener panicked");
+            }
+        }
+    }
+
+    pub(crate) fn dispatch_health(&mut self, server_key: &str, from: Health, to: Health) {
+        for (_, listener) in &mut self.healths {
+            if catch_unwind(AssertUnwindSafe(|| listener(server_key, from, to))).is_err() {
+                self.panics += 1;
+                tracing::error!(server_key, "health listener panicked");
             }
         }
     }

@@ -76,7 +76,7 @@ impl Net {
         let servers = sims
             .into_iter()
             .enumerate()
-            .map(|(i, sim)| SimServer::new(sim, seed ^ (i as u64 + 1) * 0x9E37_79B9))
+            .map(|(i, sim)| SimServer::new(sim, seed ^ ((i as u64 + 1) * 0x9E37_79B9)))
             .collect();
         Net {
             cluster: Cluster::new(cluster).expect("cluster"),
