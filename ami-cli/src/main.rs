@@ -8,6 +8,7 @@ mod config;
 mod decode;
 mod json;
 mod listen;
+mod metrics_http;
 mod send;
 mod worker;
 

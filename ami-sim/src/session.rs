@@ -1,27 +1,5 @@
-//! One accepted AMI session on the server side, without I/O and in virtual time.
-//!
-//! Methods come in the same four kinds as the client core's:
-//! - inputs: [`handle_input`](SimSession::handle_input) (bytes from the client),
-//!   [`handle_timeout`](SimSession::handle_timeout) (time passed),
-//!   [`deliver_broadcast`](SimSession::deliver_broadcast) (an event of another session);
-//! - mutators: [`inject`](SimSession::inject) (a [`Fault`]),
-//!   [`set_flood`](SimSession::set_flood), [`set_wall_clock`](SimSession::set_wall_clock);
-//! - outputs: [`poll_transmit`](SimSession::poll_transmit) /
-//!   [`advance_transmit`](SimSession::advance_transmit) (bytes for the client),
-//!   [`poll_timeout`](SimSession::poll_timeout) (the next deadline),
-//!   [`poll_broadcast`](SimSession::poll_broadcast) (events for other sessions);
-//! - getters: [`is_closed`](SimSession::is_closed),
-//!   [`wants_input`](SimSession::wants_input), [`stats`](SimSession::stats), ...
-//!
-//! A driver loop: read client bytes while [`wants_input`](SimSession::wants_input)
-//! (at most [`input_budget`](SimSession::input_budget)) into `handle_input`; write out
-//! `poll_transmit`; call `handle_timeout` at `poll_timeout`; close the socket once
-//! `is_closed()` and `poll_transmit()` is empty.
-//!
-//! Actions are answered one at a time and in order (PROTOCOL-NOTES 16): an answer that
-//! takes time (a response delay, a sync Originate, a failed login) holds back the
-//! actions behind it. Events (the flood, `OriginateResponse`, broadcasts) go out
-//! between whole messages.
+//! One accepted AMI session on the server side, without I/O and in virtual time
+//! ([`SimSession`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -167,7 +145,30 @@ impl FloodClock {
     }
 }
 
-/// One simulated AMI session. See the [module documentation](self).
+/// One accepted AMI session on the server side, without I/O and in virtual time.
+///
+/// Methods come in the same four kinds as the client core's:
+/// - inputs: [`handle_input`](SimSession::handle_input) (bytes from the client),
+///   [`handle_timeout`](SimSession::handle_timeout) (time passed),
+///   [`deliver_broadcast`](SimSession::deliver_broadcast) (an event of another session);
+/// - mutators: [`inject`](SimSession::inject) (a [`Fault`]),
+///   [`set_flood`](SimSession::set_flood), [`set_wall_clock`](SimSession::set_wall_clock);
+/// - outputs: [`poll_transmit`](SimSession::poll_transmit) /
+///   [`advance_transmit`](SimSession::advance_transmit) (bytes for the client),
+///   [`poll_timeout`](SimSession::poll_timeout) (the next deadline),
+///   [`poll_broadcast`](SimSession::poll_broadcast) (events for other sessions);
+/// - getters: [`is_closed`](SimSession::is_closed),
+///   [`wants_input`](SimSession::wants_input), [`stats`](SimSession::stats), ...
+///
+/// A driver loop: read client bytes while [`wants_input`](SimSession::wants_input)
+/// (at most [`input_budget`](SimSession::input_budget)) into `handle_input`; write out
+/// `poll_transmit`; call `handle_timeout` at `poll_timeout`; close the socket once
+/// `is_closed()` and `poll_transmit()` is empty.
+///
+/// Actions are answered one at a time and in order (PROTOCOL-NOTES 16): an answer that
+/// takes time (a response delay, a sync Originate, a failed login) holds back the
+/// actions behind it. Events (the flood, `OriginateResponse`, broadcasts) go out
+/// between whole messages.
 ///
 /// `Debug` shows the state and sizes, never the users' secrets.
 pub struct SimSession {
