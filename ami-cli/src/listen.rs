@@ -4,19 +4,25 @@
 //! "headers":[[KEY,VALUE],...]}`. Logs go to stderr. SIGTERM or SIGINT: stop taking
 //! new work, flush stdout, `Logoff` every server (waiting for `Goodbye` up to each
 //! server's close deadline), exit 0.
+//!
+//! A server whose connection fails or is lost is reconnected by the cluster (jittered
+//! backoff, circuit breaker); its health changes go to the log, the other servers'
+//! events keep flowing. `--metrics-addr` serves the cluster's metrics in the
+//! Prometheus text format on `GET /metrics`.
 
 use std::cell::RefCell;
 use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ami_proto::State;
 use serde_json::json;
 
 use crate::CliError;
 use crate::json::{WallClock, headers};
+use crate::metrics_http::MetricsEndpoint;
 use crate::worker::{ConfigArg, driver_for, init_logging, select};
 
 /// Arguments of `ami listen`.
@@ -38,10 +44,17 @@ pub struct ListenArgs {
     /// Default: `listen.tick_timeout_ms` of the config (25).
     #[arg(long, value_name = "MS")]
     pub tick_timeout_ms: Option<u64>,
+    /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9100`, path
+    /// `/metrics`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// The config file.
     #[command(flatten)]
     pub config: ConfigArg,
 }
+
+/// How often the metrics endpoint's snapshot is refreshed.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long shutdown may take in all (each server also has its own close deadline).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -88,8 +101,13 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         });
     }
     driver.on_state_change(|server, from, to| {
-        tracing::info!(server_key = server, ?from, ?to, "state")
+        tracing::debug!(server_key = server, ?from, ?to, "connection state")
     });
+    driver.on_health_change(
+        |server, from, to| tracing::info!(server_key = server, %from, %to, "health"),
+    );
+    let metrics = args.metrics_addr.map(MetricsEndpoint::start).transpose()?;
+    let mut metrics_published: Option<Instant> = None;
     driver
         .connect_all()
         .map_err(|e| CliError::Failed(e.to_string()))?;
@@ -108,7 +126,15 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
             result = Err(CliError::io("cannot write to stdout", error));
             break;
         }
-        if ids.iter().all(|&id| driver.state(id) == State::Closed) {
+        if let Some(endpoint) = &metrics {
+            if metrics_published.is_none_or(|at| at.elapsed() >= METRICS_REFRESH) {
+                endpoint.publish(driver.render_prometheus());
+                metrics_published = Some(Instant::now());
+            }
+        }
+        // Lost connections are retried by the cluster; only servers closed for good
+        // (none today: listen never closes one before shutdown) end the loop.
+        if ids.iter().all(|&id| !driver.node(id).is_running()) {
             result = Err(CliError::Failed("every server connection closed".into()));
             break;
         }

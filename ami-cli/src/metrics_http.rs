@@ -14,7 +14,6 @@ use crate::CliError;
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A running metrics endpoint.
-#[derive(Debug)]
 pub struct MetricsEndpoint {
     snapshot: Arc<Mutex<String>>,
     server: Arc<tiny_http::Server>,
@@ -49,14 +48,17 @@ impl MetricsEndpoint {
         })
     }
 
-    /// The address actually bound (useful with port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Replaces the snapshot served to the next scrapes.
     pub fn publish(&self, text: String) {
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = text;
+    }
+}
+
+impl std::fmt::Debug for MetricsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsEndpoint")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,8 +73,8 @@ impl Drop for MetricsEndpoint {
 
 /// Answers requests until the server is unblocked.
 fn serve(server: &tiny_http::Server, snapshot: &Mutex<String>) {
-    let content_type = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE)
-        .expect("a valid static header");
+    let content_type =
+        tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE).expect("a valid static header");
     for request in server.incoming_requests() {
         let response = match (request.method(), request.url()) {
             (tiny_http::Method::Get, "/metrics") => {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use ami_mio::{Driver, DriverOptions, Endpoint, ServerId, ServerSpec};
+use ami_mio::{CircuitConfig, Driver, DriverOptions, Endpoint, Policy, ServerId, ServerSpec};
 
 use crate::CliError;
 use crate::config::{self, FileConfig};
@@ -62,8 +62,17 @@ pub fn driver_for(
     keys: &[String],
     adjust: impl Fn(&mut ami_proto::Config),
 ) -> Result<(Driver, Vec<ServerId>), CliError> {
+    let o = &file.options;
     let options = DriverOptions {
-        enforce_ip_endpoints: file.options.enforce_ip_endpoints,
+        enforce_ip_endpoints: o.enforce_ip_endpoints,
+        policy: Policy {
+            circuit: CircuitConfig {
+                failure_threshold: o.circuit_failure_threshold,
+                cooldown: o.circuit_cooldown,
+                half_open_max_probes: o.circuit_half_open_max_probes,
+            },
+            ..Policy::default()
+        },
         ..DriverOptions::default()
     };
     let mut driver =
@@ -89,6 +98,15 @@ pub fn driver_for(
             .add_server(spec)
             .map_err(|e| CliError::Usage(format!("servers.{key}: {e}")))?;
         ids.push(id);
+    }
+    if let Some(default) = file
+        .default
+        .as_deref()
+        .filter(|d| keys.iter().any(|k| k == d))
+    {
+        driver
+            .set_default_server(default)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
     }
     Ok((driver, ids))
 }

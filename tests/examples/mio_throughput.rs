@@ -16,39 +16,9 @@ use std::time::{Duration, Instant};
 
 use ami_mio::{Driver, Endpoint, ServerSpec};
 use ami_proto::Config;
+use ami_tests::asterisk::thread_cpu_time;
+use ami_tests::procstat::memory_kib;
 use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
-
-/// Resident set size and peak, in KiB, from /proc/self/status.
-fn memory_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// User + system CPU time of the calling thread (the driver's), from
-/// /proc/thread-self/stat in clock ticks of 10 ms. The replay server runs on other
-/// threads of this process and is not counted.
-fn thread_cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // The fields after the command name (in parentheses, may hold spaces) start with
-    // field 3 (state); utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
 
 fn main() {
     let total: u64 = std::env::args()
@@ -87,7 +57,7 @@ fn main() {
         .expect("login");
 
     let started = Instant::now();
-    let cpu_before = thread_cpu_time();
+    let cpu_before = thread_cpu_time().unwrap_or_default();
     let mut samples = Vec::new();
     let mut next_sample = total / 10;
     while !done.get() {
@@ -102,7 +72,7 @@ fn main() {
         );
     }
     let elapsed = started.elapsed();
-    let cpu = thread_cpu_time() - cpu_before;
+    let cpu = thread_cpu_time().unwrap_or_default() - cpu_before;
     let stats = driver.connection_stats(id).expect("stats");
     let received = count.get();
     driver.shutdown(Duration::from_secs(5));

@@ -3,10 +3,14 @@
 //! - [`replay`]: a loopback replay server that plays an Asterisk manager interface
 //!   blasting recorded events (exact counts, optional pacing, interleaved responses),
 //!   for driver tests and benchmarks; the `ami-replay` binary runs it standalone.
+//! - [`asterisk`]: the sandbox Asterisk 22 of `scripts/asterisk.sh`, and per-thread CPU
+//!   time.
+//! - [`procstat`]: the process's resident memory, for the `ami-soak` program.
 //!
 //! The integration tests themselves live in `tests/tests/`, the fixture (a real
 //! Asterisk 22 session) in `tests/fixtures/asterisk22-capture.raw`.
 #![warn(missing_docs)]
 
 pub mod asterisk;
+pub mod procstat;
 pub mod replay;
