@@ -237,13 +237,26 @@ impl Message {
     }
 
     /// Command output lines in either format (PROTOCOL-NOTES 23–24): the legacy body
-    /// lines of a `Follows` response, otherwise the values of every `Output:` header.
+    /// lines of a `Follows` response, otherwise the text of every `Output:` header.
+    ///
+    /// Asterisk writes `Output: <line>`, one space after the colon, so exactly that
+    /// one space is removed: an indented CLI line keeps its indentation, as it does in
+    /// the legacy format (header values elsewhere lose all leading blanks).
     pub fn output_lines(&self) -> Vec<&str> {
         if self.follows {
-            self.body_lines().collect()
-        } else {
-            self.get_all("Output").collect()
+            return self.body_lines().collect();
         }
+        self.fields()
+            .take(self.headers as usize)
+            .filter(|field| {
+                self.slice(field.key_start, field.key_end)
+                    .eq_ignore_ascii_case("Output")
+            })
+            .map(|field| {
+                let raw = self.slice(field.key_end + 1, field.value_end);
+                raw.strip_prefix(' ').unwrap_or(raw)
+            })
+            .collect()
     }
 
     /// The message's bytes as they were received (UTF-8, lines ending as on the wire).

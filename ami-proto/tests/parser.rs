@@ -352,3 +352,31 @@ proptest! {
         prop_assert_eq!(&parse_with(limits, &bytewise), &whole);
     }
 }
+
+#[test]
+fn output_lines_keep_their_indentation_in_both_formats() {
+    // `dialplan show` indents its lines; Asterisk writes `Output: <line>` with one
+    // space, so only that space goes (the capture's `Output:   '100' =>` keeps two).
+    let modern = parse(
+        b"Response: Success\r\nMessage: Command output follows\r\n\
+Output: [ Context 'test' created by 'pbx_config' ]\r\nOutput:   '100' =>  1. Answer()\r\n\
+Output:\r\nOutput:\ttab\r\n\r\n",
+    );
+    let legacy = parse(
+        b"Response: Follows\r\nPrivilege: Command\r\n\
+[ Context 'test' created by 'pbx_config' ]\n  '100' =>  1. Answer()\n\n\ttab\n--END COMMAND--\r\n\r\n",
+    );
+    let expected = [
+        "[ Context 'test' created by 'pbx_config' ]",
+        "  '100' =>  1. Answer()",
+        "",
+        "\ttab",
+    ];
+    assert_eq!(messages(&modern)[0].output_lines(), expected);
+    assert_eq!(messages(&legacy)[0].output_lines(), expected);
+    // Other values still lose every leading blank.
+    assert_eq!(
+        messages(&modern)[0].get("Message"),
+        Some("Command output follows")
+    );
+}
