@@ -6,6 +6,7 @@
 
 mod config;
 mod decode;
+mod demo;
 mod json;
 mod listen;
 mod metrics_http;
@@ -34,6 +35,9 @@ struct Cli {
 /// The subcommands of `ami`.
 #[derive(Debug, Subcommand)]
 enum Task {
+    /// Show the client at work against simulated Asterisk nodes: no Asterisk, no
+    /// config; checks itself and exits 0 when every step worked.
+    Demo(demo::DemoArgs),
     /// Decode raw AMI bytes (as a client receives them) into one JSON object per line.
     Decode(decode::DecodeArgs),
     /// Connect, log in, and write every event to stdout as one JSON object per line.
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Task::Decode(args) => decode::run(&args),
+        Task::Demo(args) => demo::run(&args),
         Task::Listen(args) => listen::run(&args),
         Task::Send(args) => send::run_send(&args),
         Task::Command(args) => send::run_command(&args),
