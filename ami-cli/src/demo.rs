@@ -205,6 +205,7 @@ impl Demo {
             policy: Policy {
                 backoff: BACKOFF,
                 circuit: CIRCUIT,
+                ..Policy::default()
             },
             seed: Some(args.seed),
             routing: Strategy::RoundRobin,

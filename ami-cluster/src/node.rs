@@ -22,7 +22,7 @@
 //! `ActionError::ConnectionClosed`, exactly once; none is re-sent.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ami_proto::{Action, Config, Connection, Output, SendError, State};
 
@@ -34,12 +34,27 @@ use crate::reconnect::Reconnector;
 use crate::rng::Rng;
 
 /// The reconnect policy of a node: backoff between attempts and the circuit breaker.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     /// Delays between attempts (100 ms minimum, 30 s cap, jittered).
     pub backoff: BackoffConfig,
     /// Failures before the circuit opens (5), its cooldown (30 s), probes (1).
     pub circuit: CircuitConfig,
+    /// How long a session must stay up after its login before the attempt counts as a
+    /// success (10 s). A server that accepts the login and then drops the session
+    /// sooner is flapping: the loss counts as a failed attempt, so the backoff keeps
+    /// growing and the circuit can open, instead of a reconnect every few hundred ms.
+    pub stable_after: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            backoff: BackoffConfig::default(),
+            circuit: CircuitConfig::default(),
+            stable_after: Duration::from_secs(10),
+        }
+    }
 }
 
 /// What a node asks of its driver, or reports.
@@ -100,6 +115,10 @@ pub struct Node {
     transport_pending: bool,
     /// The current connection's login was accounted for.
     login_seen: bool,
+    /// When the current session counts as stable (its login a success); `None` before
+    /// the login and once it was counted.
+    stable_at: Option<Instant>,
+    stable_after: Duration,
     /// The current connection's close was accounted for.
     close_seen: bool,
     reconnector: Reconnector,
@@ -126,6 +145,8 @@ impl Node {
             conn: None,
             transport_pending: false,
             login_seen: false,
+            stable_at: None,
+            stable_after: policy.stable_after,
             close_seen: false,
             reconnector: Reconnector::new(policy.backoff, policy.circuit),
             rng: Rng::new(seed),
@@ -293,10 +314,7 @@ impl Node {
         } else {
             None
         };
-        match (session, retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [session, retry, self.stable_at].into_iter().flatten().min()
     }
 
     /// The next output, if any. Node outputs and a replaced connection's leftovers come
@@ -396,6 +414,7 @@ impl Node {
             now,
         ));
         self.login_seen = false;
+        self.stable_at = None;
         self.close_seen = false;
         self.session_action_ids.clear();
         self.transport_pending = true;
@@ -411,7 +430,7 @@ impl Node {
                 if let Some(at) = conn.logged_in_at() {
                     self.login_seen = true;
                     self.counters.established += 1;
-                    self.reconnector.on_connected(at);
+                    self.stable_at = Some(at + self.stable_after);
                     for action in &self.session_actions {
                         match conn.send(now, action.clone()) {
                             Ok(id) => self.session_action_ids.push(id),
@@ -423,11 +442,21 @@ impl Node {
                     }
                 }
             }
-            if conn.state() == State::Closed && !self.close_seen {
+            let closed = conn.state() == State::Closed;
+            if let Some(at) = self.stable_at.filter(|at| !closed && now >= *at) {
+                self.stable_at = None;
+                self.reconnector.on_connected(at);
+            }
+            if closed && !self.close_seen {
                 self.close_seen = true;
                 let reason = conn.close_reason().cloned();
+                let flapped = self.stable_at.take().is_some();
                 if self.mode == Mode::Running {
-                    if self.login_seen {
+                    if self.login_seen && flapped {
+                        self.counters.lost += 1;
+                        let decision = self.reconnector.on_connect_failed(now, &mut self.rng);
+                        tracing::warn!(server_key = %self.config.server_key, reason = ?reason, ?decision, "session lost soon after its login; counted as a failed attempt");
+                    } else if self.login_seen {
                         self.counters.lost += 1;
                         let at = self.reconnector.on_disconnected(now, &mut self.rng);
                         tracing::warn!(server_key = %self.config.server_key, reason = ?reason, retry_in_ms = (at - now).as_millis() as u64, "session lost; reconnecting");

@@ -433,3 +433,51 @@ fn round_robin_skips_a_failed_node_and_takes_it_back() {
     assert_eq!(again, [0, 1, 2]);
     let _ = BackoffConfig::default();
 }
+
+#[test]
+fn a_flapping_server_backs_off_and_opens_its_circuit() {
+    // The server accepts every login, then the session dies at once. Without a
+    // stability window each login would reset the backoff: a reconnect every few
+    // hundred ms, for ever. With it, each flap is a failed attempt.
+    let mut net = net(1, |_| SimConfig::new(), 13);
+    net.cluster.connect_all(net.now);
+    let end = net.now + Duration::from_secs(90);
+    while net.now < end {
+        net.run_for(Duration::from_millis(20));
+        if net.cluster.node(ServerId(0)).health() == Health::Healthy {
+            net.cut(0);
+        }
+    }
+    let metrics = net.cluster.node(ServerId(0)).metrics();
+    assert!(metrics.circuit_opened_total >= 1, "{metrics:?}");
+    assert!(
+        (5..=9).contains(&metrics.connections_established),
+        "{} logins in 90 s",
+        metrics.connections_established
+    );
+    assert_eq!(metrics.connections_lost, metrics.connections_established);
+}
+
+#[test]
+fn a_session_that_stays_up_resets_the_backoff() {
+    let mut net = net(1, |_| SimConfig::new(), 14);
+    net.cluster.connect_all(net.now);
+    for _ in 0..3 {
+        // Up for 11 s (past the 10 s stability window), then lost: every loss is
+        // retried within the first backoff step, 1 s, and the circuit never opens.
+        net.run_for(Duration::from_secs(11));
+        let lost = net.now;
+        net.cut(0);
+        net.run_for(Duration::from_secs(2));
+        let retry = net
+            .connect_times(0)
+            .into_iter()
+            .find(|t| *t > lost)
+            .unwrap();
+        assert!(retry - lost <= Duration::from_secs(1));
+    }
+    assert_eq!(
+        net.cluster.node(ServerId(0)).metrics().circuit_opened_total,
+        0
+    );
+}

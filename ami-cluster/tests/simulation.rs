@@ -3,8 +3,9 @@
 //! Twelve simulated Asterisk servers, a cluster over them, 24 hours of virtual time.
 //! The application routes an action every second (round robin over healthy servers)
 //! while random faults hit eight of the servers: outages of a second to fifteen
-//! minutes, rejected logins, stalls, garbage, messages cut in the middle, oversized
-//! messages, delayed and lost responses. The other four are never touched.
+//! minutes, rejected logins, sessions dropped right after every login (flapping),
+//! stalls, garbage, messages cut in the middle, oversized messages, delayed and lost
+//! responses. The other four are never touched.
 //!
 //! Afterwards the run must show: every action completed exactly once; no queue or
 //! buffer above its bound; every reconnect delay within [100 ms, 30 s] and jittered;
@@ -41,6 +42,7 @@ struct Sent {
 enum Undo {
     Revive(usize),
     RestoreSecret(usize),
+    StopFlapping(usize),
 }
 
 fn seed() -> u64 {
@@ -89,8 +91,14 @@ fn a_day_of_random_faults() {
     let mut next_fault = net.now + Duration::from_secs(rng.range_inclusive(60, 600));
     let mut undo: Vec<(Instant, Undo)> = Vec::new();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut flapping = [false; SERVERS];
     let mut n = 0u64;
     while net.now < end {
+        for (i, flaps) in flapping.iter().enumerate() {
+            if *flaps && net.cluster.node(ServerId(i)).health() == Health::Healthy {
+                net.cut(i);
+            }
+        }
         // One routed action per second.
         n += 1;
         match net.cluster.send_routed(net.now, action_for(n)) {
@@ -112,6 +120,7 @@ fn a_day_of_random_faults() {
         let now = net.now;
         for (_, u) in undo.extract_if(.., |(at, _)| *at <= now) {
             match u {
+                Undo::StopFlapping(i) => flapping[i] = false,
                 Undo::Revive(i) => net.revive(i),
                 Undo::RestoreSecret(i) => {
                     net.servers[i].config_mut().users = vec![("admin".into(), SECRET.into())]
@@ -121,8 +130,15 @@ fn a_day_of_random_faults() {
         // Inject a new fault now and then.
         if net.now >= next_fault {
             let i = rng.range_inclusive(0, FAULTY as u64 - 1) as usize;
-            let kind = rng.range_inclusive(0, 8);
-            let name = inject(&mut net, &mut rng, &mut undo, i, kind);
+            let kind = rng.range_inclusive(0, 9);
+            let name = if kind == 9 {
+                flapping[i] = true;
+                let lasts = Duration::from_secs(rng.range_inclusive(60, 300));
+                undo.push((net.now + lasts, Undo::StopFlapping(i)));
+                "flapping"
+            } else {
+                inject(&mut net, &mut rng, &mut undo, i, kind)
+            };
             *faults.entry(name).or_default() += 1;
             next_fault = net.now + Duration::from_secs(rng.range_inclusive(60, 900));
         }
@@ -131,6 +147,7 @@ fn a_day_of_random_faults() {
     // Everything back up, then a graceful stop: whatever is in flight completes.
     for (_, u) in undo.drain(..) {
         match u {
+            Undo::StopFlapping(i) => flapping[i] = false,
             Undo::Revive(i) => net.revive(i),
             Undo::RestoreSecret(i) => {
                 net.servers[i].config_mut().users = vec![("admin".into(), SECRET.into())]

@@ -210,6 +210,7 @@ fn fast_policy() -> Policy {
             cooldown: Duration::from_millis(300),
             half_open_max_probes: 1,
         },
+        ..Policy::default()
     }
 }
 
