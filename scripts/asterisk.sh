@@ -19,6 +19,9 @@
 #   AMI_ASTERISK_CHROOT    chroot directory (default /var/cache/ami-rs/asterisk-sid)
 #   AMI_ASTERISK_MIRROR    Debian mirror (default: the one this machine's apt sources name)
 #   AMI_ASTERISK_TIMEOUT   seconds `start` waits for a working AMI login (default 30)
+#   AMI_ASTERISK_PORTS     "PORT TLS_PORT": start on these ports instead of free ones
+#                          (e.g. to restart a stopped instance where clients expect it);
+#                          `start` fails if they are taken
 # Asterisk runs as root inside the chroot (no mounts are needed: it runs without /proc;
 # debootstrap leaves the device nodes it needs in the chroot's /dev). Each instance has
 # its own directories inside the chroot:
@@ -537,8 +540,13 @@ fail_start() {
 # Starts instance $name (lock held). Returns 2 when the ports were taken meanwhile.
 launch() {
     local ports port tls_port pid deadline version full_version ami_version token
-    ports=$(free_ports)
+    if [[ -n ${AMI_ASTERISK_PORTS:-} ]]; then
+        ports=$AMI_ASTERISK_PORTS
+    else
+        ports=$(free_ports)
+    fi
     read -r port tls_port <<<"$ports"
+    [[ $port =~ ^[0-9]+$ && $tls_port =~ ^[0-9]+$ ]] || die "bad ports: '$ports'"
     token="$name-$$-$RANDOM$RANDOM"
     write_config "$port" "$tls_port" "$token"
     # A fresh instance: no astdb, spool, run state or logs from an earlier run.
@@ -559,6 +567,9 @@ launch() {
             fail_start "asterisk exited"
         fi
         if grep -qs 'Unable to bind' "$h_log/messages.log"; then
+            if [[ -n ${AMI_ASTERISK_PORTS:-} ]]; then
+                fail_start "the requested ports $port/$tls_port are taken" "$pid"
+            fi
             log "port $port or $tls_port was taken; retrying with others"
             kill -KILL "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true

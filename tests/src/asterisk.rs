@@ -105,28 +105,107 @@ pub fn asterisk() -> &'static AsteriskEnv {
 
 /// Runs `bash <repo>/scripts/asterisk.sh start a` and parses its stdout.
 fn start_with_script() -> AsteriskEnv {
+    script_start("a", None)
+}
+
+/// Runs `scripts/asterisk.sh start NAME` (on `ports` = (AMI, TLS) when given) and
+/// parses the instance's environment from its stdout. Panics with the script's stderr
+/// when it fails.
+fn script_start(name: &str, ports: Option<(u16, u16)>) -> AsteriskEnv {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/asterisk.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .args(["start", "a"])
+    let mut command = Command::new("bash");
+    command.arg(&script).args(["start", name]);
+    if let Some((port, tls_port)) = ports {
+        command.env("AMI_ASTERISK_PORTS", format!("{port} {tls_port}"));
+    }
+    let output = command
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         panic!(
-            "{} start a failed ({}); Asterisk is required for these tests.\n--- stderr:\n{stderr}",
+            "{} start {name} failed ({}); Asterisk is required for these tests.\n--- stderr:\n{stderr}",
             script.display(),
             output.status
         );
     }
     let vars = parse_env_lines(&stdout);
-    AsteriskEnv::from_vars(|key| vars.get(key).cloned()).unwrap_or_else(|e| {
+    // Every instance's variables carry its name: AMI_ASTERISK_<NAME>_PORT, ...
+    let prefix = format!("AMI_ASTERISK_{}_", name.to_ascii_uppercase());
+    AsteriskEnv::from_vars(|key| {
+        let named = key.replacen("AMI_ASTERISK_", &prefix, 1);
+        vars.get(&named).cloned()
+    })
+    .unwrap_or_else(|e| {
         panic!(
-            "{} start a printed no usable environment ({e}).\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
+            "{} start {name} printed no usable environment ({e}).\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
             script.display()
         )
     })
+}
+
+/// Runs `scripts/asterisk.sh stop NAME`; panics if it fails.
+fn script_stop(name: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/asterisk.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(["stop", name])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "{} stop {name} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Another Asterisk instance of `scripts/asterisk.sh` (e.g. `b`), started by this
+/// process and stopped when dropped, that a test may stop and start again on the same
+/// ports (as a restarted production Asterisk would be).
+#[derive(Debug)]
+pub struct Instance {
+    name: String,
+    env: AsteriskEnv,
+}
+
+impl Instance {
+    /// Starts instance `name` (or takes the running one).
+    ///
+    /// # Panics
+    /// When the script fails: the tests need a real Asterisk.
+    pub fn start(name: &str) -> Instance {
+        Instance {
+            name: name.to_owned(),
+            env: script_start(name, None),
+        }
+    }
+
+    /// Where it listens and how to log in.
+    pub fn env(&self) -> &AsteriskEnv {
+        &self.env
+    }
+
+    /// Stops Asterisk (its clients see the connection drop and connects refused).
+    pub fn stop(&self) {
+        script_stop(&self.name);
+    }
+
+    /// Starts it again on the same ports.
+    pub fn start_again(&mut self) {
+        self.env = script_start(&self.name, Some((self.env.port, self.env.tls_port)));
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/asterisk.sh");
+        let _ = Command::new("bash")
+            .arg(&script)
+            .args(["stop", &self.name])
+            .output();
+    }
 }
 
 /// Parses the `KEY=VALUE` lines of `asterisk.sh` (values quoted by bash's `%q`).
