@@ -6,58 +6,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use ami_cluster::Health;
+pub use ami_proto::events::Filter;
 use ami_proto::{Event, State};
-
-/// Which events a listener wants. Every condition given must hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    event: Option<String>,
-    server: Option<String>,
-    headers: Vec<(String, String)>,
-}
-
-impl Filter {
-    /// Every event of every server.
-    pub fn any() -> Self {
-        Filter::default()
-    }
-
-    /// Only events named `name` (case-insensitive).
-    pub fn event(name: impl Into<String>) -> Self {
-        Filter {
-            event: Some(name.into()),
-            ..Filter::default()
-        }
-    }
-
-    /// Only events from the server `key`.
-    pub fn server(mut self, key: impl Into<String>) -> Self {
-        self.server = Some(key.into());
-        self
-    }
-
-    /// Only events whose header `key` (case-insensitive) has exactly `value`, e.g.
-    /// `Filter::event("Hangup").header("Channel", "PJSIP/100")`.
-    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((key.into(), value.into()));
-        self
-    }
-
-    /// Whether `event` passes.
-    pub fn matches(&self, event: &Event) -> bool {
-        self.event
-            .as_deref()
-            .is_none_or(|name| name.eq_ignore_ascii_case(event.name()))
-            && self
-                .server
-                .as_deref()
-                .is_none_or(|key| key == &*event.server_key)
-            && self
-                .headers
-                .iter()
-                .all(|(key, value)| event.message.get_all(key).any(|v| v == value))
-    }
-}
 
 /// Identifies a listener, to remove it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

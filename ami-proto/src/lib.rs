@@ -100,7 +100,7 @@ pub use config::{AuthMethod, Config};
 pub use connection::{Connection, Output, State, Stats};
 pub use correlation::{Completion, Reply};
 pub use error::{ActionError, CloseReason, SendError, Stage};
-pub use events::Event;
+pub use events::{Event, Filter};
 pub use message::{Message, MessageKind};
 pub use parser::{Discard, Limits, ParseError, Parsed, Parser};
 pub use redact::Secret;
