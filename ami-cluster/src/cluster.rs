@@ -221,18 +221,10 @@ impl Cluster {
 
     /// Sets the routing strategy (keys are checked against the registry).
     pub fn set_routing(&mut self, strategy: Strategy<String>) -> Result<(), ClusterError> {
-        let resolve = |key: &String| {
+        let strategy = strategy.try_map(|key| {
             self.id(key)
                 .ok_or_else(|| ClusterError::UnknownServer(key.clone()))
-        };
-        let strategy = match &strategy {
-            Strategy::Explicit(key) => Strategy::Explicit(resolve(key)?),
-            Strategy::Failover(keys) => {
-                Strategy::Failover(keys.iter().map(resolve).collect::<Result<_, _>>()?)
-            }
-            Strategy::RoundRobin => Strategy::RoundRobin,
-            Strategy::HealthAware => Strategy::HealthAware,
-        };
+        })?;
         self.router = Router::new(strategy);
         Ok(())
     }

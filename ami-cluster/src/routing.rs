@@ -21,6 +21,19 @@ pub enum Strategy<K> {
 }
 
 impl<K> Strategy<K> {
+    /// The same strategy with every key converted by `f` (e.g. a server key to an
+    /// index); the first error stops the conversion.
+    pub fn try_map<L, E>(&self, mut f: impl FnMut(&K) -> Result<L, E>) -> Result<Strategy<L>, E> {
+        Ok(match self {
+            Strategy::Explicit(key) => Strategy::Explicit(f(key)?),
+            Strategy::Failover(keys) => {
+                Strategy::Failover(keys.iter().map(f).collect::<Result<_, _>>()?)
+            }
+            Strategy::RoundRobin => Strategy::RoundRobin,
+            Strategy::HealthAware => Strategy::HealthAware,
+        })
+    }
+
     /// The strategy's kind, without its keys.
     pub fn kind(&self) -> StrategyKind {
         match self {

@@ -1,0 +1,24 @@
+//! Why an async call failed.
+
+use ami_proto::{ActionError, SendError};
+
+/// Why [`Client::send`](crate::Client::send) (or a helper) has no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// Refused at once, never written: not logged in (`NotReady`), too many pending
+    /// actions, write buffer full, or not encodable.
+    #[error(transparent)]
+    Refused(#[from] SendError),
+    /// Sent, and failed: an error response, a timeout, the connection lost...
+    #[error(transparent)]
+    Failed(#[from] ActionError),
+    /// The client's connection task has ended (closed, or its runtime shut down).
+    #[error("the client is closed")]
+    Closed,
+    /// A wait ran out (e.g. [`Client::wait_ready`](crate::Client::wait_ready)).
+    #[error("timed out")]
+    TimedOut,
+    /// No server qualified for routing.
+    #[error(transparent)]
+    NoServer(#[from] ami_cluster::NoServerAvailable),
+}
