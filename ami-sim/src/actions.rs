@@ -280,7 +280,14 @@ impl Ctx {
             }
             "setvar" => self.set_var(request, id),
             "getvar" => self.get_var(request, id),
-            _ => error(id, "Invalid/unknown command"),
+            // Asterisk 22's wording, with the action name as the client sent it.
+            _ => error(
+                id,
+                &format!(
+                    "Invalid/unknown command: {}. Use Action: ListCommands to show available commands.",
+                    request.get("Action").unwrap_or_default()
+                ),
+            ),
         }
     }
 

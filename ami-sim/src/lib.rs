@@ -57,7 +57,7 @@
 //! (async: `OriginateResponse` after [`SimConfig::originate_delay`], failing with
 //! reason 5, 8 or 3 when the channel names `busy`, `congestion` or `noanswer`),
 //! `UserEvent`, `Events`, `SetVar`, `GetVar`; anything else gets
-//! `Invalid/unknown command`. An optional [`Flood`] sends `UserEvent`s at a fixed
+//! `Invalid/unknown command: <name>. ...` (Asterisk 22's wording). An optional [`Flood`] sends `UserEvent`s at a fixed
 //! rate of virtual time.
 //!
 //! ## Faults

@@ -116,7 +116,10 @@ fn set_and_get_var() {
 fn unknown_action_is_refused() {
     let mut pair = Pair::logged_in(quiet_client(), SimConfig::default());
     match pair.err(Action::new("NoSuchThing")) {
-        ActionError::Rejected { message, .. } => assert_eq!(message, "Invalid/unknown command"),
+        ActionError::Rejected { message, .. } => assert_eq!(
+            message,
+            "Invalid/unknown command: NoSuchThing. Use Action: ListCommands to show available commands."
+        ),
         other => panic!("{other:?}"),
     }
     // The session goes on.
@@ -723,7 +726,7 @@ fn raw_exchanges() {
     session.handle_input(now, b"Action: Bogus\r\nActionID: b-1\r\n\r\n");
     assert_eq!(
         text(&mut session),
-        "Response: Error\r\nActionID: b-1\r\nMessage: Invalid/unknown command\r\n\r\n"
+        "Response: Error\r\nActionID: b-1\r\nMessage: Invalid/unknown command: Bogus. Use Action: ListCommands to show available commands.\r\n\r\n"
     );
     session.handle_input(
         now,

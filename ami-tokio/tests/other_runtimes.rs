@@ -69,7 +69,10 @@ async fn exercise(runtime: Custom, sim: &TcpSim) {
     assert_eq!(floods.dropped(), 0);
     client.close().await;
     assert!(client.is_closed());
-    assert!(floods.next().await.is_none(), "the stream ends with the client");
+    assert!(
+        floods.next().await.is_none(),
+        "the stream ends with the client"
+    );
 }
 
 #[test]

@@ -70,7 +70,11 @@ impl MemSim {
 }
 
 /// Runs one simulated session over an in-memory stream, on Tokio's clock.
-async fn serve(mut stream: DuplexStream, mut session: SimSession, mut killed: oneshot::Receiver<()>) {
+async fn serve(
+    mut stream: DuplexStream,
+    mut session: SimSession,
+    mut killed: oneshot::Receiver<()>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while !session.poll_transmit().is_empty() {
@@ -129,7 +133,11 @@ async fn heartbeats_and_reconnects_run_on_virtual_time() {
         .copied()
         .filter(|t| *t > killed_at)
         .collect();
-    assert!((5..=7).contains(&attempts.len()), "{} attempts", attempts.len());
+    assert!(
+        (5..=7).contains(&attempts.len()),
+        "{} attempts",
+        attempts.len()
+    );
     let mut previous = killed_at;
     for (i, at) in attempts.iter().enumerate() {
         let delay = *at - previous;

@@ -5,6 +5,8 @@
 //!   for driver tests and benchmarks; the `ami-replay` binary runs it standalone.
 //! - [`asterisk`]: the sandbox Asterisk 22 of `scripts/asterisk.sh`, and per-thread CPU
 //!   time.
+//! - [`cases`]: conformance cases (action + expected completion) shared by the mio and
+//!   Tokio suites.
 //! - [`procstat`]: the process's resident memory, for the `ami-soak` program.
 //!
 //! The integration tests themselves live in `tests/tests/`, the fixture (a real
@@ -12,5 +14,6 @@
 #![warn(missing_docs)]
 
 pub mod asterisk;
+pub mod cases;
 pub mod procstat;
 pub mod replay;

@@ -1413,3 +1413,20 @@ fn flood_on_one_connection_does_not_delay_another() {
     assert_eq!(flood.state.borrow().done, Some(COUNT));
     assert!(driver.shutdown(Duration::from_secs(5)));
 }
+
+/// The conformance cases shared with the Tokio suite (`ami_tests::cases`), through
+/// `ami-mio`.
+#[test]
+fn shared_cases_through_mio() {
+    let _calls = calls_shared();
+    let (mut driver, id) = driver_with("admin", calls_only);
+    for case in ami_tests::cases::cases() {
+        let result = match driver.send_and_wait(id, (case.action)()) {
+            Ok(reply) => Ok(reply),
+            Err(WaitError::Failed(error)) => Err(error),
+            Err(other) => panic!("{}: {other}", case.name),
+        };
+        (case.check)(&result);
+    }
+    assert!(driver.shutdown(Duration::from_secs(5)));
+}
