@@ -17,6 +17,13 @@
 //! that drops the oldest event and counts it. [`ClusterClient`] routes over several
 //! clients with `ami-cluster`'s router, healthy servers only.
 //!
+//! After handing out the events of a read, the task yields once, so consumers that
+//! share its thread (a current-thread runtime) get their turn before the next read.
+//! Consume streams in tasks of their own (`spawn`), not in the future given to
+//! `block_on`, which a current-thread runtime polls less often than its tasks: a
+//! consumer that does not keep up loses the oldest events of its buffer, counted by
+//! [`EventStream::dropped`].
+//!
 //! ## Runtimes
 //! The task is written once against [`Runtime`]: [`Tokio`] (feature `tokio`, default),
 //! whose clock makes `tokio::time::pause()` drive heartbeats, deadlines and backoff;

@@ -8,6 +8,7 @@
 //! off heartbeats. Events go to the subscribers' buffers, which never block.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -74,6 +75,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Returns `Pending` once (waking itself at once), so that other tasks of the same
+/// thread get a turn.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 /// What woke the task.
 enum Wake {
     Connected(io::Result<BoxTransport>),
@@ -125,7 +143,12 @@ pub(crate) async fn run<R: Runtime>(
     let mut commands_first = false;
     let mut commands_open = true;
     loop {
-        task.drain();
+        if task.drain() > 0 {
+            // Consumers may share this thread (a current-thread runtime): let them run
+            // before the next read, or their buffers would overflow while data keeps
+            // arriving. Never a wait: the task is woken again at once.
+            YieldNow(false).await;
+        }
         if task.stopping && task.node.state() == State::Closed && !task.node.has_pending_outputs() {
             break;
         }
@@ -242,9 +265,11 @@ impl<R: Runtime> Task<R> {
         }
     }
 
-    /// Takes every output of the node and publishes the result.
-    fn drain(&mut self) {
+    /// Takes every output of the node and publishes the result; returns the number of
+    /// events handed to the subscribers.
+    fn drain(&mut self) -> usize {
         let mut health_changed = false;
+        let mut dispatched = 0;
         while let Some(output) = self.node.poll() {
             match output {
                 NodeOutput::Connect => {
@@ -268,11 +293,13 @@ impl<R: Runtime> Task<R> {
                 NodeOutput::Connection(_) | NodeOutput::Circuit(_) => {}
             }
             if self.events.len() >= 256 {
+                dispatched += self.events.len();
                 self.shared.subscribers.dispatch(&self.events);
                 self.events.clear();
             }
         }
         if !self.events.is_empty() {
+            dispatched += self.events.len();
             self.shared.subscribers.dispatch(&self.events);
             self.events.clear();
         }
@@ -288,6 +315,7 @@ impl<R: Runtime> Task<R> {
                 let _ = waiter.send(());
             }
         }
+        dispatched
     }
 
     fn finish(mut self) {

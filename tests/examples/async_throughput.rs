@@ -1,0 +1,151 @@
+//! `ami-mio` and `ami-tokio` side by side, in one run: events per second and client CPU
+//! of one connection to the loopback replay server.
+//!
+//! For each driver a fresh [`ReplayServer`] blasts the Asterisk 22 fixture's events;
+//! the mio driver counts them in an `on_any_event` listener, the Tokio client in a
+//! consumer of `all_events()` on a current-thread runtime (so the connection task and
+//! the consumer share the calling thread, like the mio driver and its listener). CPU
+//! is the calling thread's user + system time.
+//!
+//! Run with
+//! `cargo run --release -p ami-tests --example async_throughput -- [EVENTS]`
+//! (default 2,000,000 events per driver).
+
+use std::cell::Cell;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ami_mio::{Driver, Endpoint, ServerSpec};
+use ami_proto::Config;
+use ami_tests::asterisk::thread_cpu_time;
+use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
+use ami_tokio::{Client, ClientSpec, Tokio};
+use futures_util::StreamExt;
+
+/// What one run measured.
+struct Run {
+    events: u64,
+    elapsed: Duration,
+    cpu: Duration,
+    dropped: u64,
+}
+
+impl Run {
+    fn print(&self, name: &str) {
+        let secs = self.elapsed.as_secs_f64();
+        println!(
+            "{name:<10} {:>9} events in {secs:>6.2} s = {:>9.0} events/s; CPU {:>6} ms = {:>5.1} ms per 100k events; dropped {}",
+            self.events,
+            self.events as f64 / secs,
+            self.cpu.as_millis(),
+            self.cpu.as_secs_f64() * 1e3 * 100_000.0 / self.events.max(1) as f64,
+            self.dropped
+        );
+    }
+}
+
+fn server(events: &[u8], total: u64) -> ReplayServer {
+    ReplayServer::start(ReplayConfig::new(events.to_vec(), total)).expect("replay server")
+}
+
+fn run_mio(events: &[u8], total: u64) -> Run {
+    let server = server(events, total);
+    let mut driver = Driver::new().expect("driver");
+    let addr = server.addr();
+    let id = driver
+        .add_server(ServerSpec::new(
+            Config::new("mio", "admin", "secret"),
+            Endpoint::new(addr.ip().to_string(), addr.port()),
+        ))
+        .expect("server");
+    let count = Rc::new(Cell::new(0u64));
+    let done = Rc::new(Cell::new(false));
+    let (counter, finished) = (count.clone(), done.clone());
+    driver.on_any_event(move |event| {
+        if event.name() == "ReplayDone" {
+            finished.set(true);
+        } else {
+            counter.set(counter.get() + 1);
+        }
+    });
+    driver.connect(id).expect("connect");
+    driver
+        .wait_ready(id, Duration::from_secs(5))
+        .expect("login");
+    let started = Instant::now();
+    let cpu = thread_cpu_time().unwrap_or_default();
+    while !done.get() {
+        driver.tick_all(Duration::from_millis(10));
+    }
+    let run = Run {
+        events: count.get(),
+        elapsed: started.elapsed(),
+        cpu: thread_cpu_time().unwrap_or_default() - cpu,
+        dropped: driver.metrics(id).dropped_events_total,
+    };
+    driver.shutdown(Duration::from_secs(5));
+    server.stop();
+    run
+}
+
+fn run_tokio(events: &[u8], total: u64) -> Run {
+    let server = server(events, total);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let run = runtime.block_on(async {
+        let spec = ClientSpec::new(Config::new("tokio", "admin", "secret"), server.addr());
+        let client = Client::spawn(Tokio, spec);
+        // Subscribed before the login: the server starts right after it.
+        let mut stream = client.all_events();
+        client
+            .wait_ready(Duration::from_secs(5))
+            .await
+            .expect("login");
+        let started = Instant::now();
+        let cpu = thread_cpu_time().unwrap_or_default();
+        // The consumer is a task of its own, as in an application.
+        let consumer = tokio::spawn(async move {
+            let mut count = 0u64;
+            while let Some(event) = stream.next().await {
+                if event.name() == "ReplayDone" {
+                    break;
+                }
+                count += 1;
+            }
+            (count, stream.dropped())
+        });
+        let (count, stream_dropped) = consumer.await.expect("consumer");
+        let run = Run {
+            events: count,
+            elapsed: started.elapsed(),
+            cpu: thread_cpu_time().unwrap_or_default() - cpu,
+            dropped: stream_dropped + client.metrics().dropped_events_total,
+        };
+        client.close().await;
+        run
+    });
+    server.stop();
+    run
+}
+
+fn main() {
+    let total: u64 = std::env::args()
+        .nth(1)
+        .map(|n| {
+            n.replace(['_', ','], "")
+                .parse()
+                .expect("EVENTS must be a number")
+        })
+        .unwrap_or(2_000_000);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/asterisk22-capture.raw");
+    let (events, _) = load_capture_events(&fixture).expect("fixture");
+    let mio = run_mio(&events, total);
+    let tokio = run_tokio(&events, total);
+    mio.print("ami-mio");
+    tokio.print("ami-tokio");
+    assert_eq!(mio.events, total, "mio: every event must arrive");
+    assert_eq!(tokio.events, total, "tokio: every event must arrive");
+}
