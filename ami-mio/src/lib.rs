@@ -98,8 +98,3 @@ pub use driver::{
 pub use endpoint::{Endpoint, EndpointError, Resolver};
 pub use submit::{SubmitCallback, SubmitError, Submitter};
 pub use subscription::{Filter, SubscriptionId};
-
-/// The README's code blocks, compiled (and run, unless marked `no_run`) as doc tests.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

@@ -17,3 +17,9 @@ pub mod asterisk;
 pub mod cases;
 pub mod procstat;
 pub mod replay;
+
+/// The README's code blocks, compiled (and run, unless marked `no_run`) as doc tests
+/// here, where every crate they use is a dependency.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
