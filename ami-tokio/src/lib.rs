@@ -53,8 +53,9 @@
 //! With smol (or async-std), build a [`Custom`] runtime from its socket, timer and
 //! spawner (see [`runtime::Custom`]) and use the same API.
 //!
-//! TLS is not in this crate yet (`ami-mio` has it): wrap your own `futures-io` TLS
-//! stream in a [`Custom`] connector in the meantime.
+//! TLS (feature `tls`, on by default): [`tls::TokioTls`] is Tokio with verified
+//! tokio-rustls connections; on other runtimes, return your own `futures-io` TLS stream
+//! from a [`Custom`] connector.
 
 pub mod client;
 pub mod cluster;
@@ -62,6 +63,8 @@ pub mod error;
 pub mod events;
 pub mod runtime;
 mod task;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{Client, ClientSpec};
 pub use cluster::{ClusterClient, ClusterEvents};

@@ -1,6 +1,7 @@
 //! `ami-tokio` against the simulated Asterisk over loopback TCP (`ami_sim::TcpSim`):
 //! the basics, a stalled server beside a healthy one, a slow stream consumer under a
 //! flood, and cancelled sends.
+#![cfg(feature = "tokio")]
 
 use std::net::SocketAddr;
 use std::time::Duration;

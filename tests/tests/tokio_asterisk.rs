@@ -105,3 +105,33 @@ async fn a_userevent_flood_arrives_complete_through_a_stream() {
     assert!(call.await.unwrap().is_ok());
     client.close().await;
 }
+
+#[tokio::test]
+async fn tls_login_verifies_the_certificate() {
+    use ami_tokio::tls::{TlsSettings, TokioTls};
+    let env = asterisk();
+    let addr: SocketAddr = format!("{}:{}", env.host, env.tls_port).parse().unwrap();
+    let settings = |name: &str| TlsSettings {
+        server_name: name.to_owned(),
+        ca_file: Some(env.tls_ca.clone()),
+    };
+    let config = |key: &str| Config::new(unique_id(key), "admin", env.secret.clone());
+    let tls = TokioTls::new(&settings("127.0.0.1")).unwrap();
+    let client = Client::spawn(tls, ClientSpec::new(config("tls"), addr));
+    client.wait_ready(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(
+        client.command("core show version").await.unwrap()[0]
+            .split_whitespace()
+            .next(),
+        Some("Asterisk")
+    );
+    client.close().await;
+    // A certificate that does not name the server is refused: never logged in.
+    let wrong = TokioTls::new(&settings("wrong.example")).unwrap();
+    let refused = Client::spawn(wrong, ClientSpec::new(config("tls-wrong"), addr));
+    assert!(refused.wait_ready(Duration::from_secs(3)).await.is_err());
+    let metrics = refused.metrics();
+    assert_eq!(metrics.connections_established, 0);
+    assert!(metrics.connection_failures >= 1, "{metrics:?}");
+    refused.close().await;
+}
