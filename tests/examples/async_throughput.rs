@@ -11,14 +11,12 @@
 //! `cargo run --release -p ami-tests --example async_throughput -- [EVENTS]`
 //! (default 2,000,000 events per driver).
 
-use std::cell::Cell;
 use std::path::Path;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ami_mio::{Driver, Endpoint, ServerSpec};
 use ami_proto::Config;
 use ami_tests::asterisk::thread_cpu_time;
+use ami_tests::counting::CountingDriver;
 use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
 use ami_tokio::{Client, ClientSpec, Tokio};
 use futures_util::StreamExt;
@@ -51,40 +49,19 @@ fn server(events: &[u8], total: u64) -> ReplayServer {
 
 fn run_mio(events: &[u8], total: u64) -> Run {
     let server = server(events, total);
-    let mut driver = Driver::new().expect("driver");
-    let addr = server.addr();
-    let id = driver
-        .add_server(ServerSpec::new(
-            Config::new("mio", "admin", "secret"),
-            Endpoint::new(addr.ip().to_string(), addr.port()),
-        ))
-        .expect("server");
-    let count = Rc::new(Cell::new(0u64));
-    let done = Rc::new(Cell::new(false));
-    let (counter, finished) = (count.clone(), done.clone());
-    driver.on_any_event(move |event| {
-        if event.name() == "ReplayDone" {
-            finished.set(true);
-        } else {
-            counter.set(counter.get() + 1);
-        }
-    });
-    driver.connect(id).expect("connect");
-    driver
-        .wait_ready(id, Duration::from_secs(5))
-        .expect("login");
+    let mut client = CountingDriver::connect(server.addr(), "mio").expect("login");
     let started = Instant::now();
     let cpu = thread_cpu_time().unwrap_or_default();
-    while !done.get() {
-        driver.tick_all(Duration::from_millis(10));
+    while !client.done() {
+        client.driver.tick_all(Duration::from_millis(10));
     }
     let run = Run {
-        events: count.get(),
+        events: client.count(),
         elapsed: started.elapsed(),
         cpu: thread_cpu_time().unwrap_or_default() - cpu,
-        dropped: driver.metrics(id).dropped_events_total,
+        dropped: client.driver.metrics(client.id).dropped_events_total,
     };
-    driver.shutdown(Duration::from_secs(5));
+    client.driver.shutdown(Duration::from_secs(5));
     server.stop();
     run
 }

@@ -9,14 +9,11 @@
 //! `cargo run --release -p ami-tests --example mio_throughput -- [EVENTS]`
 //! (default 10,000,000 events).
 
-use std::cell::Cell;
 use std::path::Path;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ami_mio::{Driver, Endpoint, ServerSpec};
-use ami_proto::Config;
 use ami_tests::asterisk::thread_cpu_time;
+use ami_tests::counting::CountingDriver;
 use ami_tests::procstat::memory_kib;
 use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
 
@@ -33,37 +30,16 @@ fn main() {
     let (events, _) = load_capture_events(&fixture).expect("fixture");
     let server = ReplayServer::start(ReplayConfig::new(events, total)).expect("replay server");
 
-    let mut driver = Driver::new().expect("driver");
-    let addr = server.addr();
-    let id = driver
-        .add_server(ServerSpec::new(
-            Config::new("replay", "admin", "secret"),
-            Endpoint::new(addr.ip().to_string(), addr.port()),
-        ))
-        .expect("server");
-    let count = Rc::new(Cell::new(0u64));
-    let done = Rc::new(Cell::new(false));
-    let (counter, finished) = (count.clone(), done.clone());
-    driver.on_any_event(move |event| {
-        if event.name() == "ReplayDone" {
-            finished.set(true);
-        } else {
-            counter.set(counter.get() + 1);
-        }
-    });
-    driver.connect(id).expect("connect");
-    driver
-        .wait_ready(id, Duration::from_secs(5))
-        .expect("login");
-
+    let mut client = CountingDriver::connect(server.addr(), "replay").expect("login");
+    let id = client.id;
     let started = Instant::now();
     let cpu_before = thread_cpu_time().unwrap_or_default();
     let mut samples = Vec::new();
     let mut next_sample = total / 10;
-    while !done.get() {
-        driver.tick_all(Duration::from_millis(10));
-        if count.get() >= next_sample && next_sample > 0 {
-            samples.push((count.get(), memory_kib().0));
+    while !client.done() {
+        client.driver.tick_all(Duration::from_millis(10));
+        if client.count() >= next_sample && next_sample > 0 {
+            samples.push((client.count(), memory_kib().0));
             next_sample += total / 10;
         }
         assert!(
@@ -73,9 +49,9 @@ fn main() {
     }
     let elapsed = started.elapsed();
     let cpu = thread_cpu_time().unwrap_or_default() - cpu_before;
-    let stats = driver.connection_stats(id).expect("stats");
-    let received = count.get();
-    driver.shutdown(Duration::from_secs(5));
+    let stats = client.driver.connection_stats(id).expect("stats");
+    let received = client.count();
+    client.driver.shutdown(Duration::from_secs(5));
     let report = server.stop();
 
     let seconds = elapsed.as_secs_f64();

@@ -7,6 +7,7 @@
 //!   time.
 //! - [`cases`]: conformance cases (action + expected completion) shared by the mio and
 //!   Tokio suites.
+//! - [`counting`]: a logged-in `ami-mio` driver counting a replay server's events.
 //! - [`procstat`]: the process's resident memory, for the `ami-soak` program.
 //!
 //! The integration tests themselves live in `tests/tests/`, the fixture (a real
@@ -15,6 +16,7 @@
 
 pub mod asterisk;
 pub mod cases;
+pub mod counting;
 pub mod procstat;
 pub mod replay;
 

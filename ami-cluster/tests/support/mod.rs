@@ -304,14 +304,7 @@ impl Net {
     /// Takes a server down: its session is cut and new connections are refused.
     pub fn kill(&mut self, i: usize) {
         self.servers[i].set_accepting(false);
-        if let Some(session) = self.links[i].take() {
-            self.servers[i].retire(session);
-            let now = self.now;
-            self.cluster
-                .node_mut(ServerId(i))
-                .handle_transport_error(now, &"connection reset by peer");
-        }
-        self.settle();
+        self.cut(i);
     }
 
     /// Brings a server back: new connections are accepted again.

@@ -21,10 +21,9 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ami_mio::{Driver, Endpoint, ServerSpec};
-use ami_proto::Config;
 use ami_proto::action::Ping;
 use ami_tests::asterisk::thread_cpu_time;
+use ami_tests::counting::CountingDriver;
 use ami_tests::procstat::memory_kib;
 use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
 use clap::Parser;
@@ -69,29 +68,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut driver = Driver::new().expect("a poll");
-    let addr = server.addr();
-    let id = driver
-        .add_server(ServerSpec::new(
-            Config::new("soak", "admin", "secret"),
-            Endpoint::new(addr.ip().to_string(), addr.port()),
-        ))
-        .expect("a server");
-    let count = Rc::new(Cell::new(0u64));
-    let done = Rc::new(Cell::new(false));
-    let (counter, finished) = (count.clone(), done.clone());
-    driver.on_any_event(move |event| {
-        if event.name() == "ReplayDone" {
-            finished.set(true);
-        } else {
-            counter.set(counter.get() + 1);
+    let mut client = match CountingDriver::connect(server.addr(), "soak") {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("ami-soak: no login: {error}");
+            return ExitCode::FAILURE;
         }
-    });
-    driver.connect(id).expect("connect");
-    if let Err(error) = driver.wait_ready(id, Duration::from_secs(5)) {
-        eprintln!("ami-soak: no login: {error}");
-        return ExitCode::FAILURE;
-    }
+    };
+    let id = client.id;
 
     let pongs = Rc::new(Cell::new(0u64));
     let mut pings = 0u64;
@@ -102,13 +86,13 @@ fn main() -> ExitCode {
     let mut samples: Vec<(u64, u64)> = Vec::new();
     let (mut next_ping, mut next_metrics, mut next_sample) =
         (PING_EVERY, METRICS_EVERY, 1_000_000.min(args.events));
-    while !done.get() {
-        driver.tick_all(Duration::from_millis(10));
-        let n = count.get();
+    while !client.done() {
+        client.driver.tick_all(Duration::from_millis(10));
+        let n = client.count();
         if n >= next_ping {
             next_ping += PING_EVERY;
             let pongs = pongs.clone();
-            let sent = driver.send(id, Ping, move |result| {
+            let sent = client.driver.send(id, Ping, move |result| {
                 if result.is_ok() {
                     pongs.set(pongs.get() + 1);
                 }
@@ -119,7 +103,7 @@ fn main() -> ExitCode {
         }
         if n >= next_metrics {
             next_metrics += METRICS_EVERY;
-            metrics_bytes = driver.render_prometheus().len();
+            metrics_bytes = client.driver.render_prometheus().len();
         }
         if baseline.is_none() && n >= args.warmup {
             baseline = Some(memory_kib().0);
@@ -136,16 +120,16 @@ fn main() -> ExitCode {
     // The last Pings' answers.
     let deadline = Instant::now() + Duration::from_secs(5);
     while pongs.get() < pings && Instant::now() < deadline {
-        driver.tick_all(Duration::from_millis(10));
+        client.driver.tick_all(Duration::from_millis(10));
     }
     let elapsed = started.elapsed();
     let cpu = thread_cpu_time().unwrap_or_default() - cpu_before;
     let (rss_end, peak) = memory_kib();
-    let metrics = driver.metrics(id);
-    driver.shutdown(Duration::from_secs(5));
+    let metrics = client.driver.metrics(id);
+    client.driver.shutdown(Duration::from_secs(5));
     let report = server.stop();
 
-    let received = count.get();
+    let received = client.count();
     println!(
         "events:   {received} of {} in {:.1} s ({:.0}/s); driver CPU {} ms",
         report.events_sent,
