@@ -7,7 +7,9 @@
 //! `Err(ActionError)`); a driver that refuses the action at send time fails the case
 //! before `check` runs.
 
-use ami_proto::action::{Action, Command, CoreShowChannels, Originate, Ping, QueueStatus};
+use ami_proto::action::{
+    Action, Command, CoreShowChannels, Originate, Ping, QueueStatus, QueueSummary, Status,
+};
 use ami_proto::{ActionError, Reply};
 
 use crate::asterisk::unique_id;
@@ -136,6 +138,18 @@ pub fn cases() -> Vec<Case> {
             places_call: false,
         },
         Case {
+            name: "QueueSummary list",
+            action: || QueueSummary::default().into(),
+            check: |r| assert_eq!(list_end(ok("QueueSummary", r)), "QueueSummaryComplete"),
+            places_call: false,
+        },
+        Case {
+            name: "Status list",
+            action: || Status::default().into(),
+            check: |r| assert_eq!(list_end(ok("Status", r)), "StatusComplete"),
+            places_call: false,
+        },
+        Case {
             name: "GetVar of an unset global",
             action: || {
                 Action::new("GetVar").header("Variable", unique_id("UNSET").replace('-', "_"))
@@ -157,6 +171,34 @@ pub fn cases() -> Vec<Case> {
             action: || originate("busy"),
             check: |r| assert_eq!(originate_outcome("busy", r), ("Failure", "5")),
             places_call: true,
+        },
+        Case {
+            name: "Originate to a missing extension (queued, then Reason 0)",
+            action: || originate("nosuch"),
+            check: |r| assert_eq!(originate_outcome("nosuch", r), ("Failure", "0")),
+            places_call: true,
+        },
+        Case {
+            name: "Originate into a missing dialplan target",
+            action: || Originate::extension("Local/answer@test", "nosuch", "test", 1).into(),
+            check: |r| match r {
+                Err(ActionError::Rejected { message, .. }) => {
+                    assert_eq!(message, "Extension does not exist.")
+                }
+                other => panic!("missing target: {other:?}"),
+            },
+            places_call: true,
+        },
+        Case {
+            name: "Originate without a channel",
+            action: || Action::new("Originate").header("Exten", "answer"),
+            check: |r| match r {
+                Err(ActionError::Rejected { message, .. }) => {
+                    assert_eq!(message, "Channel not specified")
+                }
+                other => panic!("no channel: {other:?}"),
+            },
+            places_call: false,
         },
         Case {
             name: "Originate congestion",
