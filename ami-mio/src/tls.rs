@@ -1,43 +1,16 @@
 //! AMI over TLS (Asterisk's `tlsenable`, usually port 5039) with rustls.
 //!
-//! Certificates are verified: against the CA file you name, or else the Mozilla root
-//! set (`webpki-roots`). There is no switch to turn verification off.
+//! Certificates are verified (`ami-tls` builds the configuration): against the CA file
+//! you name, or else the Mozilla root set. There is no switch to turn verification off.
 
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ami_tls::ClientTls;
+use ami_tls::rustls::pki_types::ServerName;
+use ami_tls::rustls::{ClientConfig, ClientConnection};
+pub use ami_tls::{TlsError, TlsSettings};
 use mio::net::TcpStream;
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
-
-/// How to verify the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// The name the certificate must carry (a DNS name or an IP address).
-    pub server_name: String,
-    /// PEM file of the CA(s) to trust; `None` trusts the Mozilla root set.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// Why TLS could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// The CA file could not be read or holds no certificate.
-    #[error("cannot load CA certificates from {path}: {message}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// The server name is neither a DNS name nor an IP address.
-    #[error("invalid TLS server name {0:?}")]
-    ServerName(String),
-    /// rustls refused the configuration.
-    #[error("TLS setup failed: {0}")]
-    Setup(String),
-}
 
 /// A verified client configuration, built once per server.
 #[derive(Debug, Clone)]
@@ -49,28 +22,12 @@ pub struct TlsConnector {
 impl TlsConnector {
     /// Builds the configuration for `settings`.
     pub fn new(settings: &TlsSettings) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        match &settings.ca_file {
-            Some(path) => {
-                for cert in load_certs(path)? {
-                    roots.add(cert).map_err(|e| TlsError::CaFile {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Setup(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let server_name = ServerName::try_from(settings.server_name.clone())
-            .map_err(|_| TlsError::ServerName(settings.server_name.clone()))?;
+        let ClientTls {
+            config,
+            server_name,
+        } = ClientTls::new(settings)?;
         Ok(TlsConnector {
-            config: Arc::new(config),
+            config,
             server_name,
         })
     }
@@ -84,21 +41,6 @@ impl TlsConnector {
         session.set_buffer_limit(Some(64 * 1024));
         Ok(TlsStream { socket, session })
     }
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let error = |message: String| TlsError::CaFile {
-        path: path.to_owned(),
-        message,
-    };
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(error("no certificate in the file".into()));
-    }
-    Ok(certs)
 }
 
 /// A TLS session over a non-blocking socket.
