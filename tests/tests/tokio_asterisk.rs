@@ -1,6 +1,8 @@
 //! The conformance cases of `ami_tests::cases` (shared with the mio suite) through
-//! `ami-tokio` against the sandbox Asterisk 22, plus logins and a 10,000-UserEvent
-//! flood through an event stream.
+//! `ami-tokio` against the sandbox Asterisk 22, and the connection-level cases of the
+//! mio suite in async form: logins (plain, MD5, rejected, TLS), `Events: off`, a user
+//! without `call` permission, a 10,000-UserEvent flood through a stream, and one
+//! connection's flood beside another connection's Pings.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,6 +14,9 @@ use ami_tests::asterisk::{asterisk, unique_id};
 use ami_tests::cases::cases;
 use ami_tokio::{Client, ClientError, ClientSpec, Tokio};
 use futures_util::StreamExt;
+
+/// The flood tests take turns: two floods at once would measure each other.
+static FLOODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn addr() -> SocketAddr {
     let env = asterisk();
@@ -67,6 +72,7 @@ async fn plain_and_md5_logins_and_a_rejected_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_userevent_flood_arrives_complete_through_a_stream() {
     const COUNT: usize = 10_000;
+    let _turn = FLOODS.lock().await;
     let client = client("flood", |c| {
         c.events = EventMask::Classes(vec!["user".into(), "call".into()])
     });
@@ -134,4 +140,117 @@ async fn tls_login_verifies_the_certificate() {
     assert_eq!(metrics.connections_established, 0);
     assert!(metrics.connection_failures >= 1, "{metrics:?}");
     refused.close().await;
+}
+
+#[tokio::test]
+async fn events_off_gets_no_broadcasts_but_actions_work() {
+    let off = client("off", |c| c.events = EventMask::Off);
+    let on = client("on", |_| {});
+    off.wait_ready(Duration::from_secs(15)).await.unwrap();
+    on.wait_ready(Duration::from_secs(15)).await.unwrap();
+    let off_events = off.all_events();
+    let marker = unique_id("marker");
+    let mut on_events = on.events(Filter::event("UserEvent").header("Marker", marker.clone()));
+    let user_event = ami_proto::Action::new("UserEvent")
+        .header("UserEvent", "Check")
+        .header("Marker", marker);
+    on.send(user_event).await.unwrap();
+    // The event reaches the connection with events on...
+    tokio::time::timeout(Duration::from_secs(5), on_events.next())
+        .await
+        .expect("the UserEvent")
+        .unwrap();
+    // ...and never the one with `Events: off`, whose actions (lists included) work.
+    assert!(off.core_show_channels().await.unwrap().list_end.is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        off_events.queued(),
+        0,
+        "events reached the Events: off client"
+    );
+    off.close().await;
+    on.close().await;
+}
+
+#[tokio::test]
+async fn originate_without_call_permission_times_out() {
+    // The `nocall` user may not read `call` events: the OriginateResponse never comes.
+    let mut config = Config::new(unique_id("nocall"), "nocall", asterisk().secret.clone());
+    config.events = EventMask::Classes(vec!["call".into()]);
+    let client = Client::spawn(Tokio, ClientSpec::new(config, addr()));
+    client.wait_ready(Duration::from_secs(15)).await.unwrap();
+    let answer_timeout = Duration::from_secs(1);
+    let originate =
+        Originate::application("Local/answer@test", "Wait", "1").with_timeout(answer_timeout);
+    let started = Instant::now();
+    match client.send(originate).await {
+        Err(ClientError::Failed(ami_proto::ActionError::Timeout { stage, timeout })) => {
+            assert_eq!(stage, ami_proto::Stage::OriginateEvent);
+            assert_eq!(timeout, answer_timeout + Duration::from_secs(10));
+        }
+        other => panic!("expected an OriginateEvent timeout, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(11) && took < Duration::from_secs(16),
+        "{took:?}"
+    );
+    assert!(client.ping().await.is_ok(), "the session is fine");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connections_flood_does_not_delay_another_connections_ping() {
+    const COUNT: usize = 10_000;
+    let _turn = FLOODS.lock().await;
+    let flooded = client("flooded", |c| {
+        c.events = EventMask::Classes(vec!["user".into(), "call".into()])
+    });
+    let quiet = client("quiet", |c| c.events = EventMask::Off);
+    flooded.wait_ready(Duration::from_secs(15)).await.unwrap();
+    quiet.wait_ready(Duration::from_secs(15)).await.unwrap();
+    let two = unique_id("flood2");
+    let mut floods = flooded.events(
+        Filter::event("UserEvent")
+            .header("UserEvent", "Flood")
+            .header("Uniqueid", two.clone()),
+    );
+    let consumer = tokio::spawn(async move {
+        let mut n = 0;
+        while n < COUNT {
+            let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(30), floods.next()).await
+            else {
+                break;
+            };
+            n += 1;
+        }
+        (n, floods.dropped())
+    });
+    let originate = Originate::application("Local/flood@test", "Wait", "120")
+        .with_variable("COUNT", COUNT.to_string())
+        .with_channel_id(unique_id("flood1"))
+        .with_other_channel_id(two);
+    let call = tokio::spawn({
+        let flooded = flooded.clone();
+        async move { flooded.send(originate).await }
+    });
+    let mut slowest = Duration::ZERO;
+    let mut pings = 0;
+    while !consumer.is_finished() {
+        let started = Instant::now();
+        quiet.ping().await.unwrap();
+        slowest = slowest.max(started.elapsed());
+        pings += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (received, dropped) = consumer.await.unwrap();
+    eprintln!(
+        "tokio: {pings} Pings during a {COUNT}-event flood on another connection, slowest {slowest:?}"
+    );
+    assert_eq!((received, dropped), (COUNT, 0));
+    // The same bound as the mio suite's (release builds).
+    assert!(slowest <= Duration::from_millis(200), "{slowest:?}");
+    assert!(call.await.unwrap().is_ok());
+    flooded.close().await;
+    quiet.close().await;
 }
