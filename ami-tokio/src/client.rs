@@ -173,7 +173,10 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Opens the server and waits until it is logged in, at most `timeout`.
+    /// Opens the server and waits until it is logged in, at most `timeout`. Failed
+    /// attempts are retried by the task meanwhile (backoff, circuit), so this waits
+    /// through them; `ami-mio`'s `wait_ready` instead returns at the first failed
+    /// attempt.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
         let deadline = (self.now)() + timeout;
         self.connect().await?;
