@@ -759,10 +759,11 @@ impl Demo {
     /// the slot its completion will fill.
     fn send_routed(&mut self, action: impl Into<Action>) -> Result<(usize, Slot), String> {
         let slot = Slot::default();
-        let (id, _) = self
+        let id = self
             .driver
             .send_routed(action, fill(&slot))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .server;
         let index = self
             .nodes
             .iter()

@@ -141,12 +141,21 @@ impl Cluster {
     /// Adds an idle server at the end of the registry (for drivers that add servers
     /// one at a time). Its jitter seed continues the cluster's seed stream.
     pub fn add(&mut self, server: Config) -> Result<ServerId, ClusterError> {
+        self.add_with_policy(server, self.policy)
+    }
+
+    /// Adds an idle server with its own reconnect policy.
+    pub fn add_with_policy(
+        &mut self,
+        server: Config,
+        policy: Policy,
+    ) -> Result<ServerId, ClusterError> {
         if self.id(&server.server_key).is_some() {
             return Err(ClusterError::DuplicateServer(server.server_key));
         }
         let seed = self.seeds.next_u64();
         self.nodes
-            .push(Node::new(server, self.instance, seed, self.policy));
+            .push(Node::new(server, self.instance, seed, policy));
         Ok(ServerId(self.nodes.len() - 1))
     }
 

@@ -13,7 +13,7 @@
 //! sockets and the clock and feed both in.
 //!
 //! ## What is where
-//! - [`rng`]: a tiny seedable SplitMix64 generator.
+//! - [`rng`]: the seedable SplitMix64 generator (`ami_proto::rng`, re-exported).
 //! - [`backoff`]: exponential backoff with full jitter, clamped to [100 ms, 30 s].
 //! - [`circuit`]: a closed / open / half-open circuit breaker whose transitions are
 //!   returned as values.
@@ -23,20 +23,25 @@
 //! - [`node`]: one server's session across reconnects ([`Node`]): the core's
 //!   `Connection` plus reconnect, health and metrics.
 //! - [`cluster`]: the registry of nodes, the default server and routing ([`Cluster`]).
+//! - [`client`]: the client core both drivers wrap ([`ClientCore`]): completion slots,
+//!   readiness, routing and metrics over a [`Cluster`].
 //! - [`metrics`]: per-server metric snapshots and their Prometheus text format.
 
 pub mod backoff;
 pub mod circuit;
+pub mod client;
 pub mod cluster;
 pub mod health;
 pub mod metrics;
 pub mod node;
 pub mod reconnect;
-pub mod rng;
 pub mod routing;
+
+pub use ami_proto::rng;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Transition};
+pub use client::{ClientCore, ClientOutput, NotReady, Readiness, Refused, Ticket};
 pub use cluster::{Cluster, ClusterConfig, ClusterError, RouteError, ServerId};
 pub use health::{Health, RetryStatus};
 pub use metrics::{LatencyHistogram, NodeMetrics, render_prometheus};

@@ -121,6 +121,8 @@ pub struct Node {
     stable_after: Duration,
     /// The current connection's close was accounted for.
     close_seen: bool,
+    /// Why the last connection closed (kept while the next attempt runs).
+    last_close: Option<ami_proto::CloseReason>,
     reconnector: Reconnector,
     rng: Rng,
     health: Health,
@@ -148,6 +150,7 @@ impl Node {
             stable_at: None,
             stable_after: policy.stable_after,
             close_seen: false,
+            last_close: None,
             reconnector: Reconnector::new(policy.backoff, policy.circuit),
             rng: Rng::new(seed),
             health: Health::Disconnected,
@@ -182,6 +185,12 @@ impl Node {
     /// The current connection, if one was ever opened.
     pub fn connection(&self) -> Option<&Connection> {
         self.conn.as_ref()
+    }
+
+    /// Why the last connection closed, kept while the next attempt is under way;
+    /// `None` before any connection closed.
+    pub fn last_close_reason(&self) -> Option<&ami_proto::CloseReason> {
+        self.last_close.as_ref()
     }
 
     /// The reconnect policy's state.
@@ -450,6 +459,7 @@ impl Node {
             if closed && !self.close_seen {
                 self.close_seen = true;
                 let reason = conn.close_reason().cloned();
+                self.last_close = reason.clone();
                 let flapped = self.stable_at.take().is_some();
                 if self.mode == Mode::Running {
                     if self.login_seen && flapped {

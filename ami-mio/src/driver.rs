@@ -1,11 +1,11 @@
 //! The driver: many AMI servers in one `mio::Poll`, moved forward by `tick_all`.
 //!
-//! Each server's session lives in an [`ami_cluster::Node`] (reconnects, backoff,
-//! circuit breaker, health, metrics), all of them in one [`ami_cluster::Cluster`]
-//! (registry, default server, routing). The driver keeps what the sans-IO side cannot:
-//! the socket of each server, its read-ready flag, and the completion callbacks.
+//! Every decision lives in one [`ami_cluster::ClientCore`] (the same one `ami-tokio`
+//! wraps): each server's session with reconnects, backoff, circuit breaker, health and
+//! metrics, the registry, routing, readiness, and the completion slots that hold the
+//! callbacks. The driver keeps only what the sans-IO side cannot: the socket of each
+//! server, its read-ready and write-blocked flags, and the calls to the application.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -14,15 +14,15 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use ami_cluster::{
-    Cluster, ClusterConfig, ClusterError, Health, NoServerAvailable, Node, NodeMetrics, NodeOutput,
-    Policy, RouteError, ServerId, Strategy,
+    ClientCore, ClientOutput, ClusterConfig, ClusterError, Health, NoServerAvailable, Node,
+    NodeMetrics, NotReady, Policy, Readiness, Refused, RouteError, ServerId, Strategy, Ticket,
 };
-use ami_proto::{Action, ActionError, CloseReason, Config, Output, Reply, SendError, State, Stats};
+use ami_proto::{Action, ActionError, CloseReason, Config, Reply, SendError, State, Stats};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::endpoint::{Endpoint, EndpointError, Resolver, address_of};
-use crate::submit::{Submission, SubmitError, Submitter};
+use crate::submit::{Submission, SubmitCallback, SubmitError, Submitter};
 use crate::subscription::{Filter, Listeners, SubscriptionId};
 use crate::transport::Transport;
 
@@ -123,9 +123,10 @@ pub enum DriverError {
     #[cfg(feature = "tls")]
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    /// A server with this key was already added.
-    #[error("server {0:?} already added")]
-    DuplicateServer(String),
+    /// The registry refused the server (e.g. a server with this key was already
+    /// added).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The operating system refused (poll or socket setup).
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
@@ -140,14 +141,18 @@ pub enum WaitError {
     /// The action failed.
     #[error(transparent)]
     Failed(#[from] ActionError),
-    /// The connection closed and will not come back by itself soon: the attempt
-    /// failed before logging in (the server is now backing off or its circuit is
-    /// open), or the application closed it. See [`Driver::wait_ready`].
-    #[error("connection closed: {0}")]
-    Closed(CloseReason),
-    /// The wait ran out.
-    #[error("gave up after {0:?}")]
-    TimedOut(Duration),
+    /// Waiting cannot make the server ready (closed by the application, circuit
+    /// open, credentials refused); the rule is on [`ami_cluster::Readiness`].
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    /// The wait ran out; the last attempt's failure, if one failed.
+    #[error("gave up after {waited:?}{}", last.as_ref().map(|r| format!(" (last attempt: {r})")).unwrap_or_default())]
+    TimedOut {
+        /// How long it waited.
+        waited: Duration,
+        /// Why the last attempt failed, if one did.
+        last: Option<CloseReason>,
+    },
 }
 
 /// What one tick did.
@@ -177,7 +182,31 @@ pub struct DriverStats {
     pub submissions_refused: u64,
 }
 
-type Callback = Box<dyn FnOnce(Result<Reply, ActionError>)>;
+/// Who gets an action's result: a callback of the driver's thread, or of a
+/// [`Submitter`]'s (which also hears of a refusal).
+enum Callback {
+    Local(Box<dyn FnOnce(Result<Reply, ActionError>)>),
+    Submitted(SubmitCallback),
+}
+
+impl Callback {
+    /// Hands the completion over.
+    fn complete(self, result: Result<Reply, ActionError>) {
+        match self {
+            Callback::Local(callback) => callback(result),
+            Callback::Submitted(callback) => callback(result.map_err(SubmitError::Failed)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Callback::Local(_) => "Callback::Local",
+            Callback::Submitted(_) => "Callback::Submitted",
+        })
+    }
+}
 
 /// What the driver keeps per server besides its [`Node`]: the I/O side.
 struct Server {
@@ -194,11 +223,6 @@ struct Server {
     read_ready: bool,
     /// The last write hit `WouldBlock`: wait for a writable event before writing again.
     write_blocked: bool,
-    /// Completion callbacks by ActionID. ActionIDs carry the connection's generation,
-    /// so a callback never matches another connection's completion; every entry is
-    /// removed by its action's completion, which the core guarantees (a lost
-    /// connection completes its actions with `ConnectionClosed`).
-    callbacks: HashMap<String, Callback>,
 }
 
 /// Many AMI servers in one `mio::Poll`, each kept connected by its
@@ -209,7 +233,7 @@ pub struct Driver {
     poll: Poll,
     events: Events,
     /// Created by the first [`Driver::add_server`] (a cluster is never empty).
-    cluster: Option<Cluster>,
+    core: Option<ClientCore<Callback>>,
     /// Indexed like the cluster's nodes.
     servers: Vec<Server>,
     listeners: Listeners,
@@ -251,17 +275,17 @@ impl Driver {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (submitter, inbox) = Submitter::new(waker, options.submit_capacity);
-        let seed = options.seed.unwrap_or_else(|| random_u64(0x5EED));
+        let seed = options.seed.unwrap_or_else(ami_proto::rng::random_seed);
         Ok(Driver {
             poll,
             events: Events::with_capacity(1024),
-            cluster: None,
+            core: None,
             servers: Vec::new(),
             listeners: Listeners::default(),
             read_buf: vec![0; 64 * 1024],
             pending_routing: Some(options.routing.clone()),
             options,
-            instance: random_u64(0) as u32,
+            instance: ami_proto::rng::random_seed() as u32,
             seed,
             inbox,
             submitter,
@@ -277,7 +301,7 @@ impl Driver {
     pub fn add_server(&mut self, spec: ServerSpec) -> Result<ServerId, DriverError> {
         let key = spec.config.server_key.clone();
         if self.servers.iter().any(|s| *s.key == *key) {
-            return Err(DriverError::DuplicateServer(key));
+            return Err(ClusterError::DuplicateServer(key).into());
         }
         let resolver = self.options.resolver.as_mut();
         let addr = address_of(&spec.endpoint, self.options.enforce_ip_endpoints, resolver)?;
@@ -287,21 +311,19 @@ impl Driver {
             .as_ref()
             .map(crate::tls::TlsConnector::new)
             .transpose()?;
-        let id = match &mut self.cluster {
-            Some(cluster) => cluster.add(spec.config),
-            None => Cluster::new(ClusterConfig {
-                servers: vec![spec.config],
-                default: None,
-                policy: self.options.policy,
-                seed: self.seed,
-                instance: self.instance,
-            })
-            .map(|cluster| {
-                self.cluster = Some(cluster);
+        let id = match &mut self.core {
+            Some(core) => core.add(spec.config)?,
+            None => {
+                self.core = Some(ClientCore::new(ClusterConfig {
+                    servers: vec![spec.config],
+                    default: None,
+                    policy: self.options.policy,
+                    seed: self.seed,
+                    instance: self.instance,
+                })?);
                 ServerId(0)
-            }),
-        }
-        .map_err(|_| DriverError::DuplicateServer(key.clone()))?;
+            }
+        };
         debug_assert_eq!(id.0, self.servers.len());
         self.servers.push(Server {
             key: Arc::from(key.as_str()),
@@ -312,10 +334,9 @@ impl Driver {
             transport_up: false,
             read_ready: false,
             write_blocked: false,
-            callbacks: HashMap::new(),
         });
-        if let (Some(strategy), Some(cluster)) = (&self.pending_routing, &mut self.cluster) {
-            if cluster.set_routing(strategy.clone()).is_ok() {
+        if let (Some(strategy), Some(core)) = (&self.pending_routing, &mut self.core) {
+            if core.set_routing(strategy.clone()).is_ok() {
                 self.pending_routing = None;
             }
         }
@@ -324,32 +345,32 @@ impl Driver {
 
     /// The server with this key, without opening it.
     pub fn server_id(&self, key: &str) -> Option<ServerId> {
-        self.cluster.as_ref().and_then(|c| c.id(key))
+        self.core.as_ref().and_then(|c| c.id(key))
     }
 
     /// The server with this key, opened if it was idle (lazy open).
     pub fn server(&mut self, key: &str) -> Result<ServerId, ClusterError> {
-        let cluster = self
-            .cluster
+        let core = self
+            .core
             .as_mut()
             .ok_or_else(|| ClusterError::UnknownServer(key.to_owned()))?;
-        cluster.server(key, Instant::now())
+        core.server(key, Instant::now())
     }
 
     /// The default server (the first added, unless [`Driver::set_default_server`]
     /// chose another), opened if it was idle. `Empty` when no server was added.
     pub fn default_server(&mut self) -> Result<ServerId, ClusterError> {
-        let cluster = self.cluster.as_mut().ok_or(ClusterError::Empty)?;
-        Ok(cluster.default_server(Instant::now()))
+        let core = self.core.as_mut().ok_or(ClusterError::Empty)?;
+        Ok(core.default_server(Instant::now()))
     }
 
     /// Makes the server with this key the default (without opening it).
     pub fn set_default_server(&mut self, key: &str) -> Result<ServerId, ClusterError> {
-        let cluster = self
-            .cluster
+        let core = self
+            .core
             .as_mut()
             .ok_or_else(|| ClusterError::UnknownServer(key.to_owned()))?;
-        cluster.set_default(key)
+        core.set_default(key)
     }
 
     /// Every server, in the order added.
@@ -365,7 +386,7 @@ impl Driver {
     /// A server's node (read only): its reconnect state, generation, current
     /// connection.
     pub fn node(&self, id: ServerId) -> &Node {
-        self.cluster().node(id)
+        self.core().node(id)
     }
 
     /// The state of a server's current connection (`Closed` before the first connect
@@ -387,16 +408,16 @@ impl Driver {
 
     /// Every server's metrics with its key, in the order added.
     pub fn cluster_metrics(&self) -> Vec<(&str, NodeMetrics)> {
-        self.cluster
+        self.core
             .as_ref()
-            .map_or_else(Vec::new, Cluster::metrics)
+            .map_or_else(Vec::new, ClientCore::all_metrics)
     }
 
     /// Every server's metrics in the Prometheus text format (`ami_connection_status`,
     /// `ami_dropped_events_total`, `ami_action_latency_ms`, ...).
     pub fn render_prometheus(&self) -> String {
-        match &self.cluster {
-            Some(cluster) => cluster.render_prometheus(),
+        match &self.core {
+            Some(core) => core.render_prometheus(),
             None => {
                 let mut out = String::new();
                 ami_cluster::render_prometheus(&[], &mut out);
@@ -437,22 +458,21 @@ impl Driver {
     /// today (connect errors are retried, not returned); the `Result` is kept for
     /// compatibility.
     pub fn connect(&mut self, id: ServerId) -> Result<(), DriverError> {
-        let now = Instant::now();
-        self.cluster_mut().node_mut(id).open(now);
+        self.core_mut().open(id, Instant::now());
         Ok(())
     }
 
     /// Opens every server (see [`Driver::connect`]).
     pub fn connect_all(&mut self) -> Result<(), DriverError> {
-        if let Some(cluster) = &mut self.cluster {
-            cluster.connect_all(Instant::now());
+        if let Some(core) = &mut self.core {
+            core.open_all(Instant::now());
         }
         Ok(())
     }
 
     /// Sends an action; `on_complete` runs exactly once, in a later tick, with the
     /// reply or the reason it failed (a lost connection fails it with
-    /// `ConnectionClosed`; it is never re-sent). Returns the ActionID.
+    /// `ConnectionClosed`; it is never re-sent). Returns the action's ticket.
     ///
     /// Refused at once, never queued, when the server is not logged in
     /// (`NotReady`); `on_complete` is then dropped without being called. An idle
@@ -462,20 +482,23 @@ impl Driver {
         id: ServerId,
         action: impl Into<Action>,
         on_complete: impl FnOnce(Result<Reply, ActionError>) + 'static,
-    ) -> Result<String, SendError> {
+    ) -> Result<Ticket, SendError> {
         let now = Instant::now();
-        let action_id = self.cluster_mut().node_mut(id).send(now, action)?;
-        self.servers[id.0]
-            .callbacks
-            .insert(action_id.clone(), Box::new(on_complete));
-        Ok(action_id)
+        self.core_mut()
+            .send(id, now, action, Callback::Local(Box::new(on_complete)))
+            .map_err(|refused| refused.error)
+    }
+
+    /// Whether the action of `ticket` still waits for its completion.
+    pub fn is_pending(&self, ticket: Ticket) -> bool {
+        self.core.as_ref().is_some_and(|c| c.is_pending(ticket))
     }
 
     /// Sets the routing strategy of [`Driver::select`] and [`Driver::send_routed`];
     /// every key it names must have been added.
     pub fn set_routing(&mut self, strategy: Strategy<String>) -> Result<(), ClusterError> {
-        match &mut self.cluster {
-            Some(cluster) => cluster.set_routing(strategy)?,
+        match &mut self.core {
+            Some(core) => core.set_routing(strategy)?,
             None => {
                 if let Some(key) = named_keys(&strategy).first() {
                     return Err(ClusterError::UnknownServer((*key).clone()));
@@ -493,27 +516,36 @@ impl Driver {
     /// first (they become selectable once logged in).
     pub fn select(&mut self) -> Result<ServerId, NoServerAvailable> {
         self.unresolved_routing()?;
-        let Some(cluster) = &mut self.cluster else {
+        let Some(core) = &mut self.core else {
             return Err(NoServerAvailable {
                 strategy: self.options.routing.kind(),
                 considered: 0,
             });
         };
-        cluster.select(Instant::now())
+        core.select(Instant::now())
     }
 
     /// Sends an action to the server [`Driver::select`] picks; `on_complete` runs
-    /// exactly once as with [`Driver::send`]. Returns the server and the ActionID.
+    /// exactly once as with [`Driver::send`]. Returns the ticket (its `server` is the
+    /// one chosen).
     pub fn send_routed(
         &mut self,
         action: impl Into<Action>,
         on_complete: impl FnOnce(Result<Reply, ActionError>) + 'static,
-    ) -> Result<(ServerId, String), RouteError> {
-        let server = self.select()?;
-        let action_id = self
-            .send(server, action, on_complete)
-            .map_err(|error| RouteError::Refused { server, error })?;
-        Ok((server, action_id))
+    ) -> Result<Ticket, RouteError> {
+        self.unresolved_routing()?;
+        let Some(core) = &mut self.core else {
+            return Err(RouteError::NoServer(NoServerAvailable {
+                strategy: self.options.routing.kind(),
+                considered: 0,
+            }));
+        };
+        core.send_routed(
+            Instant::now(),
+            action,
+            Callback::Local(Box::new(on_complete)),
+        )
+        .map_err(|refused| refused.error)
     }
 
     /// `Err` when the routing strategy still names servers that were not added.
@@ -584,14 +616,13 @@ impl Driver {
     /// Closes a server gracefully (`Logoff`, then `Goodbye` or the close deadline)
     /// and stops reconnecting it until [`Driver::connect`].
     pub fn close(&mut self, id: ServerId) {
-        let now = Instant::now();
-        self.cluster_mut().node_mut(id).close(now);
+        self.core_mut().close(id, Instant::now());
     }
 
     /// Closes every server gracefully; none reconnects.
     pub fn close_all(&mut self) {
-        if let Some(cluster) = &mut self.cluster {
-            cluster.close_all(Instant::now());
+        if let Some(core) = &mut self.core {
+            core.close_all(Instant::now());
         }
     }
 
@@ -602,13 +633,10 @@ impl Driver {
         self.close_all();
         let deadline = Instant::now() + max_wait;
         loop {
-            let all_closed = self.server_ids().all(|id| self.state(id) == State::Closed);
-            let drained = self
-                .server_ids()
-                .all(|id| !self.node(id).has_pending_outputs());
             let now = Instant::now();
-            if (all_closed && drained) || now >= deadline {
-                return all_closed;
+            let done = self.core.as_ref().is_none_or(ClientCore::is_shut_down);
+            if done || now >= deadline {
+                return self.server_ids().all(|id| self.state(id) == State::Closed);
             }
             self.tick_all((deadline - now).min(Duration::from_millis(50)));
         }
@@ -646,23 +674,23 @@ impl Driver {
         //    when work is already waiting.
         let now = Instant::now();
         let mut wait = timeout;
-        if let Some(cluster) = &self.cluster {
+        if let Some(core) = &self.core {
             for index in (0..count).filter(|&i| selected(i)) {
-                let node = cluster.node(ServerId(index));
+                let id = ServerId(index);
                 let server = &self.servers[index];
                 // Bytes queued since the last tick (a send) go out now, not after a
                 // wait that nothing would cut short.
                 let can_write = server.transport_up
                     && !server.write_blocked
-                    && !node.poll_transmit().is_empty();
+                    && !core.poll_transmit(id).is_empty();
                 if server.read_ready
                     || can_write
-                    || node.queued_events() > 0
-                    || node.has_pending_outputs()
+                    || core.queued_events(id) > 0
+                    || core.has_pending_outputs(id)
                 {
                     wait = Duration::ZERO;
                 }
-                if let Some(at) = node.poll_timeout() {
+                if let Some(at) = core.node(id).poll_timeout() {
                     wait = wait.min(at.saturating_duration_since(now));
                 }
             }
@@ -683,14 +711,14 @@ impl Driver {
             let Some(server) = self.servers.get_mut(event.token().0) else {
                 continue;
             };
-            let Some(cluster) = self.cluster.as_mut() else {
+            let Some(core) = self.core.as_mut() else {
                 continue;
             };
             if server.transport.is_none() {
                 continue;
             }
             if !server.transport_up {
-                confirm_connect(server, cluster.node_mut(ServerId(event.token().0)), now);
+                confirm_connect(server, core, ServerId(event.token().0), now);
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 server.read_ready = true;
@@ -702,25 +730,32 @@ impl Driver {
         if woken {
             self.take_submissions();
         }
-        if self.cluster.is_none() {
+        let Some(core) = self.core.as_mut() else {
             return report;
-        }
+        };
 
         // 2. Read every ready socket.
         for index in (0..count).filter(|&i| selected(i)) {
-            report.bytes_read += self.read_server(index, now);
+            report.bytes_read += read_server(
+                &mut self.servers[index],
+                core,
+                ServerId(index),
+                &mut self.read_buf,
+                self.options.read_budget,
+                now,
+            );
         }
         // 3. Write, 4. run timeouts and reconnects (they may queue heartbeats), write
         //    those too.
         let now = Instant::now();
         for index in (0..count).filter(|&i| selected(i)) {
-            let (server, node) = self.parts(index);
-            report.bytes_written += write_server(server, node, now);
-            if node.poll_timeout().is_some_and(|at| at <= now) {
-                node.handle_timeout(now);
+            let (server, id) = (&mut self.servers[index], ServerId(index));
+            report.bytes_written += write_server(server, core, id, now);
+            if core.node(id).poll_timeout().is_some_and(|at| at <= now) {
+                core.handle_server_timeout(id, now);
                 report.progressed = true;
             }
-            report.bytes_written += write_server(server, node, now);
+            report.bytes_written += write_server(server, core, id, now);
         }
         // 5. Dispatch outputs, events within the dispatch budget. The server that goes
         //    first changes every tick, so that a spent budget does not always starve
@@ -730,7 +765,7 @@ impl Driver {
         for offset in 0..count {
             let index = (self.dispatch_start + offset) % count;
             if selected(index) {
-                report.outputs += self.dispatch_server(index, budget_end);
+                report.outputs += self.dispatch_server(ServerId(index), budget_end);
             }
         }
         report.progressed |=
@@ -759,82 +794,21 @@ impl Driver {
         MAX_TICK_TIMEOUT
     }
 
-    fn cluster(&self) -> &Cluster {
-        self.cluster.as_ref().expect("no server was added")
+    fn core(&self) -> &ClientCore<Callback> {
+        self.core.as_ref().expect("no server was added")
     }
 
-    fn cluster_mut(&mut self) -> &mut Cluster {
-        self.cluster.as_mut().expect("no server was added")
-    }
-
-    /// A server's I/O side and its node, borrowed together.
-    fn parts(&mut self, index: usize) -> (&mut Server, &mut Node) {
-        let node = self
-            .cluster
-            .as_mut()
-            .expect("no server was added")
-            .node_mut(ServerId(index));
-        (&mut self.servers[index], node)
-    }
-
-    /// Reads a ready server until `WouldBlock`, its end, or the read budget.
-    fn read_server(&mut self, index: usize, now: Instant) -> u64 {
-        let budget = self.options.read_budget;
-        let Some(cluster) = self.cluster.as_mut() else {
-            return 0;
-        };
-        let node = cluster.node_mut(ServerId(index));
-        let server = &mut self.servers[index];
-        if !server.read_ready || !server.transport_up {
-            return 0;
-        }
-        let Some(transport) = server.transport.as_mut() else {
-            server.read_ready = false;
-            return 0;
-        };
-        let mut total = 0u64;
-        loop {
-            if total as usize >= budget {
-                // Still readable: read again next tick without waiting for an event.
-                return total;
-            }
-            match transport.read(&mut self.read_buf) {
-                Ok(0) => {
-                    node.handle_eof(now);
-                    server.read_ready = false;
-                    return total;
-                }
-                Ok(n) => {
-                    total += n as u64;
-                    node.handle_data(now, &self.read_buf[..n]);
-                    if node.state() == State::Closed {
-                        server.read_ready = false;
-                        return total;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    server.read_ready = false;
-                    return total;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => {
-                    node.handle_transport_error(now, &error);
-                    server.read_ready = false;
-                    return total;
-                }
-            }
-        }
+    fn core_mut(&mut self) -> &mut ClientCore<Callback> {
+        self.core.as_mut().expect("no server was added")
     }
 
     /// Drains a server's outputs: opens and drops its transport, runs callbacks and
     /// listeners.
-    fn dispatch_server(&mut self, index: usize, budget_end: Instant) -> u64 {
-        let id = ServerId(index);
-        let Some(cluster) = self.cluster.as_mut() else {
+    fn dispatch_server(&mut self, id: ServerId, budget_end: Instant) -> u64 {
+        let Some(core) = self.core.as_mut() else {
             return 0;
         };
-        let node = cluster.node_mut(id);
-        let server = &mut self.servers[index];
+        let server = &mut self.servers[id.0];
         let mut count = 0u64;
         // Listeners run until the budget is spent; one slow listener call must not be
         // followed by dozens more before the sockets are read again (Asterisk cuts a
@@ -843,44 +817,46 @@ impl Driver {
         // drained.
         let mut spent = Instant::now() >= budget_end;
         loop {
-            if spent && node.queued_events() > 0 && !node.has_pending_outputs() {
+            if spent && core.queued_events(id) > 0 && !core.has_pending_outputs(id) {
                 break;
             }
-            let Some(output) = node.poll() else { break };
+            let Some(output) = core.poll_server(id) else {
+                break;
+            };
             count += 1;
             match output {
-                NodeOutput::Connect => {
-                    open_transport(self.poll.registry(), server, node, Token(index))
+                ClientOutput::Connect(_) => {
+                    open_transport(self.poll.registry(), server, core, id);
                 }
-                NodeOutput::Health { from, to } => {
+                ClientOutput::Health { from, to, .. } => {
                     tracing::debug!(server_key = %server.key, %from, %to, "health");
                     self.listeners.dispatch_health(&server.key, from, to);
                 }
-                // Logged (info) and counted by the node; health reports `CircuitOpen`.
-                NodeOutput::Circuit(_) => {}
-                NodeOutput::Connection(Output::Event(event)) => {
+                ClientOutput::Event(event) => {
                     if self.listeners.has_event_listeners() {
                         self.listeners.dispatch_event(&event);
                         spent = Instant::now() >= budget_end;
                     }
                 }
-                NodeOutput::Connection(Output::Completed(done)) => {
-                    if let Some(callback) = server.callbacks.remove(&done.action_id) {
-                        if catch_unwind(AssertUnwindSafe(|| callback(done.result))).is_err() {
-                            self.stats.callback_panics += 1;
-                            tracing::error!(server_key = %server.key, action_id = %done.action_id, "completion callback panicked");
-                        }
+                ClientOutput::Completed {
+                    payload,
+                    completion,
+                    ..
+                } => {
+                    if catch_unwind(AssertUnwindSafe(|| payload.complete(completion.result)))
+                        .is_err()
+                    {
+                        self.stats.callback_panics += 1;
+                        tracing::error!(server_key = %server.key, action_id = %completion.action_id, "completion callback panicked");
                     }
                 }
-                NodeOutput::Connection(Output::StateChanged { from, to }) => {
+                ClientOutput::State { from, to, .. } => {
                     self.listeners.dispatch_state(&server.key, from, to)
                 }
-                NodeOutput::Connection(Output::Closed(reason)) => {
+                ClientOutput::Disconnect { reason, .. } => {
                     tracing::info!(server_key = %server.key, %reason, "connection closed");
                     drop_transport(self.poll.registry(), server);
                 }
-                // Already counted in the connection's stats and logged by the core.
-                NodeOutput::Connection(Output::Discarded(_) | Output::Unmatched(_)) => {}
             }
         }
         count
@@ -900,19 +876,14 @@ impl Driver {
                         on_complete(Err(SubmitError::UnknownServer(server)));
                         continue;
                     };
-                    // The callback is shared between the refusal path and the
-                    // completion path; exactly one of them takes it.
-                    let slot = std::rc::Rc::new(std::cell::Cell::new(Some(on_complete)));
-                    let for_completion = slot.clone();
-                    let sent = self.send(id, action, move |result| {
-                        if let Some(callback) = for_completion.take() {
-                            callback(result.map_err(SubmitError::Failed));
-                        }
-                    });
-                    if let Err(error) = sent {
+                    let now = Instant::now();
+                    let callback = Callback::Submitted(on_complete);
+                    if let Err(Refused { error, payload }) =
+                        self.core_mut().send(id, now, action, callback)
+                    {
                         self.stats.submissions_refused += 1;
-                        if let Some(callback) = slot.take() {
-                            callback(Err(SubmitError::Refused(error)));
+                        if let Callback::Submitted(on_complete) = payload {
+                            on_complete(Err(SubmitError::Refused(error)));
                         }
                     }
                 }
@@ -929,56 +900,30 @@ impl Driver {
     /// Ticks until `id` is logged in, at most `max_wait`. An idle server is opened
     /// first (lazy open).
     ///
-    /// What counts as the end of the wait, with reconnects: a server that lost a
-    /// logged-in session reconnects after a short backoff, so the wait goes on through
-    /// the reconnect. An attempt that fails before logging in (refused, TLS error,
-    /// banner or login timeout, rejected credentials) returns
-    /// `Err(WaitError::Closed(reason))` at once, although the server keeps retrying
-    /// in the background: the next attempt may be seconds away (or the circuit
-    /// open), and it is likely to fail the same way. A server closed by the
-    /// application also returns `Closed`.
+    /// The wait follows [`ami_cluster::Readiness`], the rule both drivers share: it
+    /// goes on through failed attempts that retrying can fix (refused or reset
+    /// connections, timeouts, a lost session) and ends at once with
+    /// [`WaitError::NotReady`] when waiting cannot help (closed by the application,
+    /// circuit open, credentials refused). When `max_wait` runs out it returns
+    /// [`WaitError::TimedOut`] with the last attempt's failure.
     pub fn wait_ready(&mut self, id: ServerId, max_wait: Duration) -> Result<(), WaitError> {
         let deadline = Instant::now() + max_wait;
-        {
-            let now = Instant::now();
-            let node = self.cluster_mut().node_mut(id);
-            if node.is_idle() {
-                node.open(now);
-            }
-        }
+        self.core_mut().open_if_idle(id, Instant::now());
         loop {
-            if let Some(result) = self.readiness(id) {
-                return result;
+            match self.core().readiness(id) {
+                Readiness::Ready => return Ok(()),
+                Readiness::Failed(why) => return Err(WaitError::NotReady(why)),
+                Readiness::Pending => {}
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(WaitError::TimedOut(max_wait));
+                return Err(WaitError::TimedOut {
+                    waited: max_wait,
+                    last: self.core().last_failure(id),
+                });
             }
             self.tick_all((deadline - now).min(Duration::from_millis(50)));
         }
-    }
-
-    /// `Some` when [`Driver::wait_ready`] is done waiting for `id`.
-    fn readiness(&self, id: ServerId) -> Option<Result<(), WaitError>> {
-        let node = self.node(id);
-        let state = node.state();
-        if state.is_ready() {
-            return Some(Ok(()));
-        }
-        if state != State::Closed {
-            return None;
-        }
-        let conn = node.connection();
-        let attempt_failed = conn.is_some_and(|c| c.logged_in_at().is_none());
-        let retry_scheduled = node.is_running() && node.reconnector().next_attempt().is_some();
-        if retry_scheduled && !attempt_failed {
-            return None;
-        }
-        let reason = conn
-            .and_then(ami_proto::Connection::close_reason)
-            .cloned()
-            .unwrap_or(CloseReason::PeerClosed);
-        Some(Err(WaitError::Closed(reason)))
     }
 
     /// Sends an action and ticks until it completes (for simple programs and tests).
@@ -1012,14 +957,69 @@ fn named_keys(strategy: &Strategy<String>) -> Vec<&String> {
     }
 }
 
-/// Starts the non-blocking connect a node asked for (`NodeOutput::Connect`): a new
+/// Reads a ready server until `WouldBlock`, its end, or the read budget.
+fn read_server(
+    server: &mut Server,
+    core: &mut ClientCore<Callback>,
+    id: ServerId,
+    buf: &mut [u8],
+    budget: usize,
+    now: Instant,
+) -> u64 {
+    if !server.read_ready || !server.transport_up {
+        return 0;
+    }
+    let Some(transport) = server.transport.as_mut() else {
+        server.read_ready = false;
+        return 0;
+    };
+    let mut total = 0u64;
+    loop {
+        if total as usize >= budget {
+            // Still readable: read again next tick without waiting for an event.
+            return total;
+        }
+        match transport.read(buf) {
+            Ok(0) => {
+                core.handle_eof(id, now);
+                server.read_ready = false;
+                return total;
+            }
+            Ok(n) => {
+                total += n as u64;
+                core.handle_data(id, now, &buf[..n]);
+                if core.node(id).state() == State::Closed {
+                    server.read_ready = false;
+                    return total;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                server.read_ready = false;
+                return total;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                core.handle_transport_error(id, now, &error);
+                server.read_ready = false;
+                return total;
+            }
+        }
+    }
+}
+
+/// Starts the non-blocking connect the core asked for (`ClientOutput::Connect`): a new
 /// socket registered under the server's token, wrapped in TLS if configured. A
-/// failure is reported to the node, which retries after its backoff.
-fn open_transport(registry: &Registry, server: &mut Server, node: &mut Node, token: Token) {
-    // A `Connect` follows the previous connection's `Closed`, so there is no transport
-    // left; drop one anyway rather than leak a registration.
+/// failure is reported to the core, which retries after its backoff.
+fn open_transport(
+    registry: &Registry,
+    server: &mut Server,
+    core: &mut ClientCore<Callback>,
+    id: ServerId,
+) {
+    // A `Connect` follows the previous connection's `Disconnect`, so there is no
+    // transport left; drop one anyway rather than leak a registration.
     drop_transport(registry, server);
-    if node.state() == State::Closed {
+    if core.node(id).state() == State::Closed {
         // The attempt ended before its socket was opened (closed by the application).
         return;
     }
@@ -1028,12 +1028,12 @@ fn open_transport(registry: &Registry, server: &mut Server, node: &mut Node, tok
         .and_then(|stream| wrap(server, stream))
         .and_then(|mut transport| {
             let interest = Interest::READABLE | Interest::WRITABLE;
-            registry.register(transport.socket(), token, interest)?;
+            registry.register(transport.socket(), Token(id.0), interest)?;
             Ok(transport)
         });
     match opened {
         Ok(transport) => server.transport = Some(transport),
-        Err(error) => node.handle_transport_error(now, &error),
+        Err(error) => core.handle_transport_error(id, now, &error),
     }
 }
 
@@ -1059,14 +1059,19 @@ fn wrap(server: &Server, stream: TcpStream) -> io::Result<Transport> {
 
 /// Confirms a non-blocking connect the way mio documents: no pending socket error, and
 /// a peer address. `NotConnected` means not yet (a spurious wake-up).
-fn confirm_connect(server: &mut Server, node: &mut Node, now: Instant) {
+fn confirm_connect(
+    server: &mut Server,
+    core: &mut ClientCore<Callback>,
+    id: ServerId,
+    now: Instant,
+) {
     let Some(transport) = server.transport.as_mut() else {
         return;
     };
     let socket = transport.socket();
     match socket.take_error() {
         Ok(Some(error)) | Err(error) => {
-            node.handle_transport_error(now, &error);
+            core.handle_transport_error(id, now, &error);
             return;
         }
         Ok(None) => {}
@@ -1075,16 +1080,21 @@ fn confirm_connect(server: &mut Server, node: &mut Node, now: Instant) {
         Ok(_) => {
             let _ = socket.set_nodelay(true);
             server.transport_up = true;
-            node.handle_connected(now);
+            core.handle_connected(id, now);
         }
         Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-        Err(error) => node.handle_transport_error(now, &error),
+        Err(error) => core.handle_transport_error(id, now, &error),
     }
 }
 
 /// Writes what the connection has queued until the socket would block. A partial
 /// write leaves the rest at the head of the connection's buffer.
-fn write_server(server: &mut Server, node: &mut Node, now: Instant) -> u64 {
+fn write_server(
+    server: &mut Server,
+    core: &mut ClientCore<Callback>,
+    id: ServerId,
+    now: Instant,
+) -> u64 {
     if !server.transport_up {
         return 0;
     }
@@ -1093,14 +1103,14 @@ fn write_server(server: &mut Server, node: &mut Node, now: Instant) -> u64 {
     };
     let mut total = 0u64;
     if let Err(error) = transport.flush() {
-        node.handle_transport_error(now, &error);
+        core.handle_transport_error(id, now, &error);
         return 0;
     }
-    while !node.poll_transmit().is_empty() {
-        match transport.write(node.poll_transmit()) {
+    while !core.poll_transmit(id).is_empty() {
+        match transport.write(core.poll_transmit(id)) {
             Ok(0) => break,
             Ok(n) => {
-                node.advance_transmit(n);
+                core.advance_transmit(id, n);
                 total += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1109,24 +1119,10 @@ fn write_server(server: &mut Server, node: &mut Node, now: Instant) -> u64 {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {
-                node.handle_transport_error(now, &error);
+                core.handle_transport_error(id, now, &error);
                 break;
             }
         }
     }
     total
-}
-
-/// 64 bits that differ between processes and drivers (for ActionID tags and jitter
-/// seeds). Not cryptographic.
-fn random_u64(salt: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded randomly per process; mixing in the pid and a counter
-    // keeps two drivers in one process apart too.
-    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.write_u32(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    hasher.write_u64(salt);
-    hasher.finish()
 }

@@ -88,8 +88,8 @@ mod transport;
 /// The cluster policy the driver runs on (nodes, backoff, circuit, routing, metrics).
 pub use ami_cluster;
 pub use ami_cluster::{
-    BackoffConfig, CircuitConfig, ClusterError, Health, NoServerAvailable, NodeMetrics, Policy,
-    RouteError, ServerId, Strategy,
+    BackoffConfig, CircuitConfig, ClusterError, Health, NoServerAvailable, NodeMetrics, NotReady,
+    Policy, Readiness, RouteError, ServerId, Strategy, Ticket,
 };
 pub use driver::{
     Driver, DriverError, DriverOptions, DriverStats, MAX_TICK_TIMEOUT, ServerSpec, TickReport,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ami_mio::ami_cluster::StrategyKind;
 use ami_mio::{
     BackoffConfig, CircuitConfig, Driver, DriverOptions, Endpoint, Health, NoServerAvailable,
-    Policy, RouteError, ServerId, ServerSpec, Strategy, WaitError,
+    NotReady, Policy, RouteError, ServerId, ServerSpec, Strategy, WaitError,
 };
 use ami_proto::{Action, ActionError, CloseReason, Config, SendError, State, action};
 
@@ -360,10 +360,16 @@ fn refused_connections_back_off_then_open_the_circuit() {
     let id = driver.add_server(spec("down", closed_port())).unwrap();
     let log = record_health(&mut driver);
     driver.connect(id).unwrap();
-    // An attempt that fails ends a wait at once, with its reason.
+    // Refusals are retried, so a wait goes on through them and ends when the
+    // circuit opens, naming the last failure.
     let result = driver.wait_ready(id, Duration::from_secs(5));
     assert!(
-        matches!(result, Err(WaitError::Closed(CloseReason::Transport(_)))),
+        matches!(
+            result,
+            Err(WaitError::NotReady(NotReady::CircuitOpen {
+                last: Some(CloseReason::Transport(_))
+            }))
+        ),
         "{result:?}"
     );
     let started = Instant::now();
@@ -425,9 +431,11 @@ fn a_rejected_login_counts_as_a_failure_and_backs_off() {
     let result = driver.wait_ready(id, Duration::from_secs(5));
     assert_eq!(
         result,
-        Err(WaitError::Closed(CloseReason::AuthenticationFailed {
-            message: "Authentication failed".into()
-        }))
+        Err(WaitError::NotReady(NotReady::Refused(
+            CloseReason::AuthenticationFailed {
+                message: "Authentication failed".into()
+            }
+        )))
     );
     tick_until(&mut driver, Duration::from_secs(3), "CircuitOpen", |d| {
         d.health(id) == Health::CircuitOpen
@@ -479,11 +487,11 @@ fn round_robin_cycles_over_healthy_servers_and_skips_dead_ones() {
     let picks: Vec<ServerId> = (0..6).map(|_| driver.select().unwrap()).collect();
     assert_eq!(picks, [a, b, c, a, b, c]);
 
-    let (server, action_id) = driver
+    let ticket = driver
         .send_routed(action::Ping, |result| assert!(result.is_ok()))
         .unwrap();
-    assert_eq!(server, a);
-    assert!(!action_id.is_empty());
+    assert_eq!(ticket.server, a);
+    assert!(driver.is_pending(ticket));
 
     servers[1].kill();
     tick_until(&mut driver, Duration::from_secs(5), "b down", |d| {

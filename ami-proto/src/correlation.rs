@@ -329,6 +329,17 @@ impl Registry {
     }
 }
 
+/// The connection generation and counter of an ActionID issued by [`ActionIds`], or
+/// `None` for an ActionID in any other form. Drivers key their completion slots by
+/// these two numbers instead of by the string.
+pub fn action_tag(action_id: &str) -> Option<(u64, u64)> {
+    let mut parts = action_id.rsplitn(3, '-');
+    let counter = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let generation = u64::from_str_radix(parts.next()?, 16).ok()?;
+    parts.next()?;
+    Some((generation, counter))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +367,14 @@ mod tests {
         let (_, theirs) = other_process.next_id();
         assert_eq!(mine.counter_of(&old_id), None);
         assert_eq!(mine.counter_of(&theirs), None);
+    }
+
+    #[test]
+    fn action_tag_reads_generation_and_counter_back() {
+        let mut ids = ActionIds::new("pbx-1 west", 0xabc, 7);
+        let (counter, id) = ids.next_id();
+        assert_eq!(action_tag(&id), Some((7, counter)));
+        assert_eq!(action_tag("foreign-id"), None);
+        assert_eq!(action_tag("x-1-zz"), None);
     }
 }

@@ -20,6 +20,7 @@
 //! - [`events`]: the bounded drop-oldest event queue with blocked and priority names.
 //! - [`connection`]: the state machine of one session that ties them together.
 //! - [`config`], [`error`], [`redact`]: settings, typed errors, secret masking.
+//! - [`rng`]: the seedable generator every crate of the workspace draws from.
 //!
 //! ## The run loop
 //! After every input or mutator: write out what [`Connection::poll_transmit`] holds,
@@ -93,6 +94,7 @@ pub mod events;
 pub mod message;
 pub mod parser;
 pub mod redact;
+pub mod rng;
 mod timers;
 
 pub use action::{Action, Strategy};

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use md5::{Digest, Md5};
 
 use crate::config::{CommandFormat, SimConfig};
-use crate::rng::Rng;
 use crate::wire::{MessageBuf, Request};
+use ami_proto::rng::Rng;
 
 /// Event class of `FullyBooted`.
 pub(crate) const CLASS_SYSTEM: &str = "system";

@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::rng::Rng;
 use crate::wire::MessageBuf;
+use ami_proto::rng::Rng;
 
 /// A fault to inject into a session ([`SimSession::inject`](crate::SimSession::inject))
 /// or to preset for every session ([`SimConfig::faults`](crate::SimConfig::faults)).
@@ -227,7 +227,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{SlowReader, garbage, oversized_event, random_garbage};
-    use crate::rng::Rng;
+    use ami_proto::rng::Rng;
 
     #[test]
     fn slow_reader_rate_and_cap() {

@@ -82,7 +82,6 @@
 mod actions;
 mod config;
 mod faults;
-mod rng;
 mod server;
 mod session;
 mod tcp;

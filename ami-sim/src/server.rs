@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use crate::config::SimConfig;
-use crate::rng::Rng;
 use crate::session::{SessionStats, SimSession};
+use ami_proto::rng::Rng;
 
 /// Why [`SimServer::accept`] refused a connection: the node is not accepting (down,
 /// killed, or refusing on purpose).

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crate::actions::{Answer, CLASS_USER, Ctx, SimEvent};
 use crate::config::{Flood, SimConfig};
 use crate::faults::{self, Fault, SlowReader, Standing};
-use crate::rng::Rng;
 use crate::wire::{Input, MessageBuf, Request, RequestParser};
+use ami_proto::rng::Rng;
 
 /// Broadcasts waiting for [`SimSession::poll_broadcast`] at most; older ones are
 /// dropped when nobody collects them.

@@ -1,21 +1,19 @@
-//! [`Client`]: a cloneable, `Send` handle to one server's connection task.
+//! [`Client`]: a cloneable, `Send` handle to one server of a client task.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ami_cluster::{Health, Node, NodeMetrics, Policy};
+use ami_cluster::{ClientCore, ClusterConfig, Health, NodeMetrics, Policy, ServerId};
 use ami_proto::action::{self, Action, Originate};
 use ami_proto::{Config, Filter, Reply, State};
-use futures_channel::{mpsc, oneshot};
-use futures_util::SinkExt;
-use futures_util::future::{Either, select};
+use futures_channel::oneshot;
 
 use crate::error::ClientError;
 use crate::events::{DEFAULT_STREAM_CAPACITY, EventStream};
-use crate::runtime::{BoxFuture, Runtime};
-use crate::task::{self, Command, Shared};
+use crate::runtime::Runtime;
+use crate::task::{self, HandleToken, Shared, Until, Waiter};
 
 /// How to run one server.
 #[derive(Debug, Clone)]
@@ -26,11 +24,9 @@ pub struct ClientSpec {
     pub addr: SocketAddr,
     /// Reconnect policy (backoff, circuit breaker, stability window).
     pub policy: Policy,
-    /// Jitter seed (`None`: random).
+    /// Jitter seed (`None`: random). In a cluster, the first server's seed seeds them
+    /// all (each server gets its own stream from it).
     pub seed: Option<u64>,
-    /// Commands (sends, closes) queued for the task at most (default 1024): a full
-    /// queue makes `send` wait, never grow.
-    pub command_capacity: usize,
     /// Events each stream buffers before it drops the oldest (default 10,000).
     pub stream_capacity: usize,
 }
@@ -43,84 +39,127 @@ impl ClientSpec {
             addr,
             policy: Policy::default(),
             seed: None,
-            command_capacity: 1024,
             stream_capacity: DEFAULT_STREAM_CAPACITY,
         }
     }
 }
 
-type Sleeper = Arc<dyn Fn(Instant) -> BoxFuture<()> + Send + Sync>;
-type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+/// Spawns one task for the servers of `specs` and returns the handle of each, in
+/// order. Duplicate keys and an empty list are refused.
+pub(crate) fn spawn_all<R: Runtime>(
+    rt: R,
+    specs: Vec<ClientSpec>,
+) -> Result<Vec<Client>, ami_cluster::ClusterError> {
+    let first = specs.first().ok_or(ami_cluster::ClusterError::Empty)?;
+    let seed = first.seed.unwrap_or_else(ami_proto::rng::random_seed);
+    let mut core = ClientCore::new(ClusterConfig {
+        servers: vec![first.config.clone()],
+        default: None,
+        policy: first.policy,
+        seed,
+        instance: ami_proto::rng::random_seed() as u32,
+    })?;
+    for spec in &specs[1..] {
+        core.add_with_policy(spec.config.clone(), spec.policy)?;
+    }
+    let clock = rt.clone();
+    let shared = Arc::new(Shared::new(core, Box::new(move || clock.now())));
+    let token = Arc::new(HandleToken(shared.clone()));
+    let addrs = specs.iter().map(|s| s.addr).collect();
+    rt.spawn(Box::pin(task::run(
+        rt.clone(),
+        addrs,
+        shared.clone(),
+        Arc::downgrade(&token),
+    )));
+    Ok(specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| Client {
+            shared: shared.clone(),
+            _handles: token.clone(),
+            id: ServerId(i),
+            stream_capacity: spec.stream_capacity,
+        })
+        .collect())
+}
 
 /// A handle to one server: clone it freely, send from any task.
 ///
-/// The server's connection runs in a task of its own (see the crate docs); the handle
-/// only talks to it. The connection opens on the first [`Client::send`] (lazy; that
-/// send is refused with `NotReady`), on [`Client::connect`] or [`Client::wait_ready`].
-/// When the last handle is dropped the task logs off and ends.
+/// The server's connection runs in the client's task (see the crate docs); the
+/// handle reaches the shared core directly. The connection opens on the first
+/// [`Client::send`] (lazy; that send is refused with `NotReady`), on
+/// [`Client::connect`] or [`Client::wait_ready`]. When the last handle of a task is
+/// dropped the task logs off and ends.
 #[derive(Clone)]
 pub struct Client {
-    commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
-    sleep_until: Sleeper,
-    now: Clock,
+    /// Kept, never read: the task ends (after a logoff) once every handle dropped it.
+    _handles: Arc<HandleToken>,
+    id: ServerId,
     stream_capacity: usize,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.shared.key)
+            .field("server", &self.key())
             .field("health", &self.health())
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// Spawns the connection task of `spec` on `rt` (nothing connects yet).
+    /// Spawns the task of a single server on `rt` (nothing connects yet).
     pub fn spawn<R: Runtime>(rt: R, spec: ClientSpec) -> Client {
-        let seed = spec.seed.unwrap_or_else(random_u64);
-        let node = Node::new(spec.config, random_u64() as u32, seed, spec.policy);
-        let shared = Arc::new(Shared::new(&node));
-        let (commands, inbox) = mpsc::channel(spec.command_capacity.max(1));
-        rt.spawn(Box::pin(task::run(
-            rt.clone(),
-            node,
-            spec.addr,
-            inbox,
-            shared.clone(),
-        )));
-        let (timer, clock) = (rt.clone(), rt);
-        Client {
-            commands,
-            shared,
-            sleep_until: Arc::new(move |at| timer.sleep_until(at)),
-            now: Arc::new(move || clock.now()),
-            stream_capacity: spec.stream_capacity,
-        }
+        spawn_all(rt, vec![spec])
+            .expect("one server is a valid cluster")
+            .remove(0)
     }
 
     /// The server's key.
-    pub fn key(&self) -> &str {
-        &self.shared.key
+    pub fn key(&self) -> String {
+        self.shared.lock().core.key(self.id).to_owned()
+    }
+
+    /// The server's index in its task (registry order).
+    pub fn server_id(&self) -> ServerId {
+        self.id
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(crate) fn stream_capacity(&self) -> usize {
+        self.stream_capacity
     }
 
     /// Sends an action and waits for its completion: the reply (response plus list
     /// events, or the `OriginateResponse`) or a typed error. Fails at once with
-    /// [`ClientError::Refused`] when the server is not logged in. Dropping the future
-    /// abandons the reply; the action still completes in the task and is forgotten.
+    /// [`ClientError::Refused`] when the server is not logged in (or the core's
+    /// limits refuse it). Dropping the future abandons the reply; the action still
+    /// completes in the core and its slot is freed then.
     pub async fn send(&self, action: impl Into<Action>) -> Result<Reply, ClientError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Send {
-            action: action.into(),
-            reply,
-        };
-        self.commands
-            .clone()
-            .send(command)
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let answer = self.submit(action.into())?;
         answer.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Puts the action into the core; the receiver gets its completion.
+    fn submit(
+        &self,
+        action: Action,
+    ) -> Result<oneshot::Receiver<Result<Reply, ClientError>>, ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        let now = (self.shared.now)();
+        let sent = self.shared.lock().core.send(self.id, now, action, reply);
+        // Also after a refusal: a lazy open needs the task to connect.
+        self.shared.notify();
+        sent.map_err(|refused| ClientError::Refused(refused.error))?;
+        Ok(answer)
     }
 
     /// `Ping`.
@@ -166,84 +205,85 @@ impl Client {
 
     /// Opens the server now (eager open); a no-op when it is open.
     pub async fn connect(&self) -> Result<(), ClientError> {
-        self.commands
-            .clone()
-            .send(Command::Open)
-            .await
-            .map_err(|_| ClientError::Closed)
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let now = (self.shared.now)();
+        self.shared.lock().core.open(self.id, now);
+        self.shared.notify();
+        Ok(())
     }
 
-    /// Opens the server and waits until it is logged in, at most `timeout`. Failed
-    /// attempts are retried by the task meanwhile (backoff, circuit), so this waits
-    /// through them; `ami-mio`'s `wait_ready` instead returns at the first failed
-    /// attempt.
+    /// Opens the server if it was never opened and waits until it is logged in, at
+    /// most `timeout`. The wait follows [`ami_cluster::Readiness`], the rule both
+    /// drivers share: it goes on through failed attempts that retrying can fix and
+    /// ends at once with [`ClientError::NotReady`] when waiting cannot help (closed
+    /// by the application, circuit open, credentials refused); when `timeout` runs
+    /// out it returns [`ClientError::TimedOut`] with the last attempt's failure.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
-        let deadline = (self.now)() + timeout;
-        self.connect().await?;
-        loop {
-            let (tx, rx) = oneshot::channel();
-            self.shared
-                .health_waiters
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(tx);
-            if self.health() == Health::Healthy {
-                return Ok(());
+        // A timeout too large for the clock means no deadline.
+        let deadline = (self.shared.now)().checked_add(timeout);
+        self.wait(Until::Ready { deadline }, true).await
+    }
+
+    /// Registers a waiter with the task, unless the wait is decided already.
+    async fn wait(&self, until: Until, open: bool) -> Result<(), ClientError> {
+        let answer = {
+            let mut inner = self.shared.lock();
+            // Read under the lock: the task sets it before it takes the lock to answer
+            // the last waiters, so a waiter is either answered or not added.
+            if self.is_closed() {
+                return match until {
+                    Until::Closed | Until::Finished => Ok(()),
+                    Until::Ready { .. } => Err(ClientError::Closed),
+                };
             }
-            if self.shared.finished.load(Ordering::Acquire) {
-                return Err(ClientError::Closed);
+            let now = (self.shared.now)();
+            if open {
+                inner.core.open_if_idle(self.id, now);
             }
-            match select(rx, (self.sleep_until)(deadline)).await {
-                Either::Left(_) => {}
-                Either::Right(_) => {
-                    return if self.health() == Health::Healthy {
-                        Ok(())
-                    } else {
-                        Err(ClientError::TimedOut)
-                    };
-                }
+            if let Some(answer) = task::decide(&inner.core, self.id, until, now) {
+                return answer;
             }
-        }
+            let (reply, answer) = oneshot::channel();
+            inner.waiters.push(Waiter {
+                server: self.id,
+                until,
+                reply,
+            });
+            answer
+        };
+        self.shared.notify();
+        answer.await.unwrap_or(Err(ClientError::Closed))
     }
 
     /// The server's health.
     pub fn health(&self) -> Health {
-        *self
-            .shared
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.lock().core.node(self.id).health()
     }
 
     /// The state of the current connection.
     pub fn state(&self) -> State {
-        *self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.lock().core.node(self.id).state()
     }
 
     /// The server's metrics (kept across reconnects).
     pub fn metrics(&self) -> NodeMetrics {
-        *self
-            .shared
-            .metrics
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.lock().core.metrics(self.id)
     }
 
-    /// Actions in flight whose reply slot the task holds (for leak checks).
+    /// Actions in flight whose completion slot the task holds, over every server of
+    /// the task (for leak checks).
     pub fn pending_replies(&self) -> usize {
-        self.shared.pending_replies.load(Ordering::Relaxed)
+        self.shared.lock().core.pending()
     }
 
-    /// Whether the connection task has ended.
+    /// Whether the client's task has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.finished.load(Ordering::Acquire)
     }
 
-    /// A stream of the events that pass `filter`, buffered up to the spec's
+    /// A stream of this server's events that pass `filter`, buffered up to the spec's
     /// `stream_capacity` (drop-oldest, counted).
     pub fn events(&self, filter: Filter) -> EventStream {
         self.events_with_capacity(filter, self.stream_capacity)
@@ -256,34 +296,36 @@ impl Client {
 
     /// A stream with its own buffer size.
     pub fn events_with_capacity(&self, filter: Filter, capacity: usize) -> EventStream {
+        let filter = filter.server(self.key());
         self.shared.subscribers.subscribe(filter, capacity)
     }
 
-    /// Live event streams of this server.
+    /// Live event streams of the task.
     pub fn stream_count(&self) -> usize {
         self.shared.subscribers.len()
     }
 
-    /// Logs off (flushes, `Logoff`, waits for `Goodbye` up to the close deadline) and
-    /// ends the task; actions still in flight complete first.
+    /// Logs off (flushes, `Logoff`, waits for `Goodbye` up to the close deadline);
+    /// actions still in flight complete first. The server does not reconnect until
+    /// [`Client::connect`]. When every server of the task is closed, the task ends.
     pub async fn close(&self) {
-        let (done, closed) = oneshot::channel();
-        if self
-            .commands
-            .clone()
-            .send(Command::Close { done })
-            .await
-            .is_ok()
-        {
-            let _ = closed.await;
+        if self.is_closed() {
+            return;
+        }
+        let now = (self.shared.now)();
+        self.shared.lock().core.close(self.id, now);
+        self.shared.notify();
+        let _ = self.wait(Until::Closed, false).await;
+        // The task ends once every server is closed; wait for it if it will.
+        let all_closed = {
+            let inner = self.shared.lock();
+            (0..inner.core.len()).all(|i| {
+                let node = inner.core.node(ServerId(i));
+                !node.is_idle() && !node.is_running()
+            })
+        };
+        if all_closed {
+            let _ = self.wait(Until::Finished, false).await;
         }
     }
-}
-
-/// A random number (per call), for ActionID instance tags and jitter seeds.
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }

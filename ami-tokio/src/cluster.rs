@@ -1,17 +1,17 @@
-//! [`ClusterClient`]: several servers, a default, and routing over the healthy ones.
+//! [`ClusterClient`]: several servers in one task, a default, and routing over the
+//! healthy ones.
 //!
-//! Each server is a [`Client`] with its own connection task; the cluster client only
-//! chooses between them, with `ami-cluster`'s [`Router`] over their current health.
+//! All servers of a cluster client share one [`ami_cluster::ClientCore`] (the same
+//! core `ami-mio` drives) in one task: routing, readiness, completion slots and
+//! metrics are the core's, not a copy of them.
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ami_cluster::{ClusterError, Health, NoServerAvailable, Router, Strategy};
+use ami_cluster::{ClusterError, NoServerAvailable, NodeMetrics, ServerId, Strategy};
 use ami_proto::{Action, Filter, Reply};
 use futures_core::Stream;
-use futures_util::stream::SelectAll;
 
-use crate::client::{Client, ClientSpec};
+use crate::client::{Client, ClientSpec, spawn_all};
 use crate::error::ClientError;
 use crate::events::EventStream;
 use crate::runtime::Runtime;
@@ -19,54 +19,43 @@ use crate::runtime::Runtime;
 /// Many servers behind one cloneable handle.
 #[derive(Clone, Debug)]
 pub struct ClusterClient {
-    clients: Arc<[Client]>,
-    default: usize,
-    router: Arc<Mutex<Router<usize>>>,
+    clients: std::sync::Arc<[Client]>,
 }
 
 impl ClusterClient {
-    /// Spawns a task per server. `default` names the default server (the first when
-    /// `None`). Routing starts round-robin.
+    /// Spawns one task for every server of `specs` (each connects through `rt`).
+    /// `default` names the default server (the first when `None`). Routing starts
+    /// round-robin.
     pub fn spawn<R: Runtime>(
         rt: R,
         specs: Vec<ClientSpec>,
         default: Option<&str>,
     ) -> Result<ClusterClient, ClusterError> {
-        if specs.is_empty() {
-            return Err(ClusterError::Empty);
+        let clients = spawn_all(rt, specs)?;
+        if let Some(key) = default {
+            clients[0].shared().lock().core.set_default(key)?;
         }
-        for (i, spec) in specs.iter().enumerate() {
-            let key = &spec.config.server_key;
-            if specs[..i].iter().any(|s| s.config.server_key == *key) {
-                return Err(ClusterError::DuplicateServer(key.clone()));
-            }
-        }
-        let clients: Arc<[Client]> = specs
-            .into_iter()
-            .map(|spec| Client::spawn(rt.clone(), spec))
-            .collect();
-        let default = match default {
-            None => 0,
-            Some(key) => clients
-                .iter()
-                .position(|c| c.key() == key)
-                .ok_or_else(|| ClusterError::UnknownServer(key.to_owned()))?,
-        };
         Ok(ClusterClient {
-            clients,
-            default,
-            router: Arc::new(Mutex::new(Router::new(Strategy::RoundRobin))),
+            clients: clients.into(),
         })
+    }
+
+    fn first(&self) -> &Client {
+        &self.clients[0]
     }
 
     /// The server with this key.
     pub fn server(&self, key: &str) -> Option<&Client> {
-        self.clients.iter().find(|c| c.key() == key)
+        let id = self.first().shared().lock().core.id(key)?;
+        self.clients.get(id.0)
     }
 
     /// The default server.
     pub fn default_server(&self) -> &Client {
-        &self.clients[self.default]
+        let now = (self.first().shared().now)();
+        let id = self.first().shared().lock().core.default_server(now);
+        self.first().shared().notify();
+        &self.clients[id.0]
     }
 
     /// Every server, in registry order.
@@ -76,30 +65,17 @@ impl ClusterClient {
 
     /// Sets the routing strategy (keys are checked).
     pub fn set_routing(&self, strategy: Strategy<String>) -> Result<(), ClusterError> {
-        let strategy = strategy.try_map(|key| {
-            self.clients
-                .iter()
-                .position(|c| c.key() == key)
-                .ok_or_else(|| ClusterError::UnknownServer(key.clone()))
-        })?;
-        *self.router.lock().unwrap_or_else(PoisonError::into_inner) = Router::new(strategy);
-        Ok(())
+        self.first().shared().lock().core.set_routing(strategy)
     }
 
-    /// A healthy server chosen by the routing strategy.
+    /// A healthy server chosen by the routing strategy; idle servers are opened first
+    /// (they become selectable once logged in).
     pub fn select(&self) -> Result<&Client, NoServerAvailable> {
-        let table: Vec<(usize, Health)> = self
-            .clients
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (i, c.health()))
-            .collect();
-        let chosen = *self
-            .router
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .select(&table)?;
-        Ok(&self.clients[chosen])
+        let shared = self.first().shared();
+        let now = (shared.now)();
+        let chosen: Result<ServerId, _> = shared.lock().core.select(now);
+        shared.notify();
+        Ok(&self.clients[chosen?.0])
     }
 
     /// Selects a server and sends `action` there; returns the server's key with the
@@ -110,17 +86,15 @@ impl ClusterClient {
     ) -> Result<(String, Reply), ClientError> {
         let client = self.select()?;
         let reply = client.send(action).await?;
-        Ok((client.key().to_owned(), reply))
+        Ok((client.key(), reply))
     }
 
     /// Opens every server (eager open) and waits until each is logged in or
     /// `timeout` ran out; returns the servers that did not make it.
     pub async fn connect_all(&self, timeout: Duration) -> Vec<(String, ClientError)> {
         let waits = self.clients.iter().map(|c| async move {
-            c.wait_ready(timeout)
-                .await
-                .err()
-                .map(|e| (c.key().to_owned(), e))
+            let _ = c.connect().await;
+            c.wait_ready(timeout).await.err().map(|e| (c.key(), e))
         });
         futures_util::future::join_all(waits)
             .await
@@ -129,34 +103,49 @@ impl ClusterClient {
             .collect()
     }
 
-    /// One stream of the events that pass `filter`, from every server (each server
-    /// buffers and counts drops on its own).
+    /// One stream of the events that pass `filter`, from every server.
     pub fn events(&self, filter: Filter) -> ClusterEvents {
+        let client = self.first();
         ClusterEvents {
-            streams: self
-                .clients
-                .iter()
-                .map(|c| c.events(filter.clone()))
-                .collect(),
+            stream: client
+                .shared()
+                .subscribers
+                .subscribe(filter, client.stream_capacity()),
         }
     }
 
-    /// Logs off every server.
+    /// Every server's metrics with its key, in registry order.
+    pub fn metrics(&self) -> Vec<(String, NodeMetrics)> {
+        let inner = self.first().shared().lock();
+        inner
+            .core
+            .all_metrics()
+            .into_iter()
+            .map(|(key, metrics)| (key.to_owned(), metrics))
+            .collect()
+    }
+
+    /// Every server's metrics in the Prometheus text format.
+    pub fn render_prometheus(&self) -> String {
+        self.first().shared().lock().core.render_prometheus()
+    }
+
+    /// Logs off every server; the task ends once all are closed.
     pub async fn close_all(&self) {
         futures_util::future::join_all(self.clients.iter().map(Client::close)).await;
     }
 }
 
-/// Events of every server of a cluster, merged as they come.
+/// Events of every server of a cluster, as they come.
 #[derive(Debug)]
 pub struct ClusterEvents {
-    streams: SelectAll<EventStream>,
+    stream: EventStream,
 }
 
 impl ClusterEvents {
-    /// Events dropped by every server's buffer of this stream.
+    /// Events this stream dropped because its consumer fell behind.
     pub fn dropped(&self) -> u64 {
-        self.streams.iter().map(EventStream::dropped).sum()
+        self.stream.dropped()
     }
 }
 
@@ -167,6 +156,6 @@ impl Stream for ClusterEvents {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.streams).poll_next(cx)
+        std::pin::Pin::new(&mut self.stream).poll_next(cx)
     }
 }

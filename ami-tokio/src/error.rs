@@ -15,9 +15,17 @@ pub enum ClientError {
     /// The client's connection task has ended (closed, or its runtime shut down).
     #[error("the client is closed")]
     Closed,
-    /// A wait ran out (e.g. [`Client::wait_ready`](crate::Client::wait_ready)).
-    #[error("timed out")]
-    TimedOut,
+    /// A wait ran out (e.g. [`Client::wait_ready`](crate::Client::wait_ready)); the
+    /// last attempt's failure, if one failed.
+    #[error("timed out{}", last.as_ref().map(|r| format!(" (last attempt: {r})")).unwrap_or_default())]
+    TimedOut {
+        /// Why the last attempt failed, if one did.
+        last: Option<ami_proto::CloseReason>,
+    },
+    /// Waiting cannot make the server ready (closed by the application, circuit open,
+    /// credentials refused); the rule is on [`ami_cluster::Readiness`].
+    #[error(transparent)]
+    NotReady(#[from] ami_cluster::NotReady),
     /// No server qualified for routing.
     #[error(transparent)]
     NoServer(#[from] ami_cluster::NoServerAvailable),

@@ -63,6 +63,8 @@ pub(crate) struct Subscribers {
 
 impl Subscribers {
     /// A new stream for `filter`.
+    /// Streams dropped since are forgotten here, so the list never holds more than
+    /// the live streams and those dropped since the last event or subscription.
     pub(crate) fn subscribe(&self, filter: Filter, capacity: usize) -> EventStream {
         let subscriber = Arc::new(Subscriber {
             filter,
@@ -73,10 +75,10 @@ impl Subscribers {
             finished: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
-        self.list
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(subscriber.clone());
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        list.retain(|s| Arc::strong_count(s) > 1);
+        list.push(subscriber.clone());
+        drop(list);
         EventStream { subscriber }
     }
 

@@ -1,27 +1,37 @@
-//! The connection task: one per server, generic over the [`Runtime`].
+//! The connection task: one per client (a [`Client`](crate::Client) spawned alone, or
+//! a [`ClusterClient`](crate::ClusterClient) with all its servers), generic over the
+//! [`Runtime`].
 //!
-//! It owns the transport and the server's [`Node`] and never awaits one thing at a
-//! time: each turn it waits for whichever comes first of a finished connect, bytes to
-//! read, room to write what the node queued, a command from a handle, or the node's
-//! next deadline. Reads and commands take turns going first, so a flood cannot starve
-//! sends, and deadlines are checked after every wake-up, so a busy socket cannot hold
-//! off heartbeats. Events go to the subscribers' buffers, which never block.
+//! The task is an I/O pump around one [`ClientCore`], the same core `ami-mio` drives:
+//! it owns the transports, the timer and the wake-ups, and nothing else. Handles reach
+//! the core directly (it sits behind a mutex in [`Shared`]): a send puts the action
+//! into the core, which refuses it at once or keeps a completion slot for its reply
+//! sender, and wakes the task to write it. There is no command queue to fill up: the
+//! core's own limits (`max_pending_actions`, the write buffer, the memory budget) are
+//! the backpressure, and they refuse rather than wait.
+//!
+//! Each turn the task hands out the core's outputs (events to the streams' buffers,
+//! which never block; completions to their reply senders; readiness to waiters), then
+//! waits for whichever comes first: a finished connect, bytes to read on any server,
+//! room to write what a server has queued, a wake-up from a handle, or the next
+//! deadline. Everything that is ready is handled in the same pass, one read per
+//! server, so a flooding server cannot starve the others.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use ami_cluster::{Health, Node, NodeMetrics, NodeOutput};
-use ami_proto::{Action, Event, Output, Reply, State};
-use futures_channel::{mpsc, oneshot};
+use ami_cluster::{ClientCore, ClientOutput, NotReady, Readiness, ServerId};
+use ami_proto::{Event, Reply, State};
+use futures_channel::oneshot;
 use futures_util::io::{AsyncReadExt, ReadHalf, WriteHalf};
-use futures_util::{AsyncRead, AsyncWrite, StreamExt};
+use futures_util::task::AtomicWaker;
+use futures_util::{AsyncRead, AsyncWrite};
 
 use crate::error::ClientError;
 use crate::events::Subscribers;
@@ -30,49 +40,92 @@ use crate::runtime::{BoxFuture, BoxTransport, Runtime};
 /// The reply slot of one action.
 pub(crate) type ReplySender = oneshot::Sender<Result<Reply, ClientError>>;
 
-/// What a handle asks of its task.
-pub(crate) enum Command {
-    /// Send an action; answer on `reply`.
-    Send { action: Action, reply: ReplySender },
-    /// Open the server (eager open).
-    Open,
-    /// Log off and end the task; `done` fires when the session is closed.
-    Close { done: oneshot::Sender<()> },
+/// What a waiter waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// The server is ready (or cannot become so by waiting), at most until `deadline`
+    /// (`None`: no deadline).
+    Ready { deadline: Option<Instant> },
+    /// The server's connection is closed and its outputs handed out.
+    Closed,
+    /// The task has ended.
+    Finished,
 }
 
-/// What the task publishes for the handles.
+/// A handle waiting for a server.
 #[derive(Debug)]
+pub(crate) struct Waiter {
+    pub(crate) server: ServerId,
+    pub(crate) until: Until,
+    pub(crate) reply: oneshot::Sender<Result<(), ClientError>>,
+}
+
+/// What handles and the task share: the core and the waiters behind one lock.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) core: ClientCore<ReplySender>,
+    pub(crate) waiters: Vec<Waiter>,
+}
+
+/// Shared by the task and every handle.
 pub(crate) struct Shared {
-    pub(crate) key: String,
-    pub(crate) health: Mutex<Health>,
-    pub(crate) state: Mutex<State>,
-    pub(crate) metrics: Mutex<NodeMetrics>,
+    inner: Mutex<Inner>,
     pub(crate) subscribers: Subscribers,
-    /// Woken at every health change.
-    pub(crate) health_waiters: Mutex<Vec<oneshot::Sender<()>>>,
+    /// Wakes the task: a handle changed something the task must act on.
+    wake: AtomicWaker,
+    woken: AtomicBool,
     /// The task has ended.
     pub(crate) finished: AtomicBool,
-    /// Reply slots the task holds (actions in flight).
-    pub(crate) pending_replies: AtomicUsize,
+    /// The runtime's clock, for handles.
+    pub(crate) now: Box<dyn Fn() -> Instant + Send + Sync>,
 }
 
-impl Shared {
-    pub(crate) fn new(node: &Node) -> Shared {
-        Shared {
-            key: node.key().to_owned(),
-            health: Mutex::new(node.health()),
-            state: Mutex::new(node.state()),
-            metrics: Mutex::new(node.metrics()),
-            subscribers: Subscribers::default(),
-            health_waiters: Mutex::new(Vec::new()),
-            finished: AtomicBool::new(false),
-            pending_replies: AtomicUsize::new(0),
-        }
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+impl Shared {
+    pub(crate) fn new(
+        core: ClientCore<ReplySender>,
+        now: Box<dyn Fn() -> Instant + Send + Sync>,
+    ) -> Self {
+        Shared {
+            inner: Mutex::new(Inner {
+                core,
+                waiters: Vec::new(),
+            }),
+            subscribers: Subscribers::default(),
+            wake: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            now,
+        }
+    }
+
+    /// The core and the waiters.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the task to look at the core again (bytes to write, a server to open...).
+    pub(crate) fn notify(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.wake.wake();
+    }
+}
+
+/// Held by every handle; when the last one goes, the task logs off and ends.
+#[derive(Debug)]
+pub(crate) struct HandleToken(pub(crate) Arc<Shared>);
+
+impl Drop for HandleToken {
+    fn drop(&mut self) {
+        self.0.notify();
+    }
 }
 
 /// Returns `Pending` once (waking itself at once), so that other tasks of the same
@@ -82,7 +135,7 @@ struct YieldNow(bool);
 impl Future for YieldNow {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.0 {
             return Poll::Ready(());
         }
@@ -92,247 +145,273 @@ impl Future for YieldNow {
     }
 }
 
-/// What woke the task.
-enum Wake {
-    Connected(io::Result<BoxTransport>),
-    Read(io::Result<usize>),
-    Wrote(io::Result<usize>),
-    Command(Option<Command>),
-    Timer,
-}
-
-/// The task's state besides the node.
-struct Task<R: Runtime> {
-    rt: R,
-    node: Node,
-    addr: SocketAddr,
-    shared: Arc<Shared>,
+/// The I/O side of one server.
+#[derive(Default)]
+struct ServerIo {
     reader: Option<ReadHalf<BoxTransport>>,
     writer: Option<WriteHalf<BoxTransport>>,
     connecting: Option<BoxFuture<io::Result<BoxTransport>>>,
-    timer: Option<(Instant, BoxFuture<()>)>,
-    replies: HashMap<String, ReplySender>,
-    close_waiters: Vec<oneshot::Sender<()>>,
-    stopping: bool,
-    events: Vec<Event>,
 }
 
-/// Runs a server's connection until it is closed by a handle, or every handle is gone.
+/// Runs the client until every handle is gone (then logs off) or every server was
+/// closed by the application.
 pub(crate) async fn run<R: Runtime>(
     rt: R,
-    node: Node,
-    addr: SocketAddr,
-    mut commands: mpsc::Receiver<Command>,
+    addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
+    handles: Weak<HandleToken>,
 ) {
-    let mut task = Task {
-        rt,
-        node,
-        addr,
-        shared,
-        reader: None,
-        writer: None,
-        connecting: None,
-        timer: None,
-        replies: HashMap::new(),
-        close_waiters: Vec::new(),
-        stopping: false,
-        events: Vec::new(),
-    };
+    let mut io: Vec<ServerIo> = addrs.iter().map(|_| ServerIo::default()).collect();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut commands_first = false;
-    let mut commands_open = true;
+    let mut timer: Option<(Instant, BoxFuture<()>)> = None;
+    let mut events: Vec<Event> = Vec::new();
+    let mut stopping = false;
     loop {
-        if task.drain() > 0 {
+        let now = rt.now();
+        let dispatched = {
+            let mut inner = shared.lock();
+            if !stopping && handles.strong_count() == 0 {
+                // Every handle is gone: log off and end.
+                stopping = true;
+                inner.core.close_all(now);
+            }
+            let dispatched = drain(&rt, &mut inner, &mut io, &addrs, &shared, &mut events, now);
+            if stopping_done(&inner, stopping) {
+                drop(inner);
+                break;
+            }
+            let want = next_wake(&inner);
+            if timer.as_ref().map(|t| t.0) != want {
+                timer = want.map(|at| (at, rt.sleep_until(at)));
+            }
+            dispatched
+        };
+        if dispatched > 0 {
             // Consumers may share this thread (a current-thread runtime): let them run
             // before the next read, or their buffers would overflow while data keeps
             // arriving. Never a wait: the task is woken again at once.
             YieldNow(false).await;
         }
-        if task.stopping && task.node.state() == State::Closed && !task.node.has_pending_outputs() {
-            break;
-        }
-        let want = task.node.poll_timeout();
-        if task.timer.as_ref().map(|t| t.0) != want {
-            task.timer = want.map(|at| (at, task.rt.sleep_until(at)));
-        }
-        commands_first = !commands_first;
-        let wake = {
-            let Task {
-                node,
-                reader,
-                writer,
-                connecting,
-                timer,
-                ..
-            } = &mut task;
-            let commands = &mut commands;
-            let buf = &mut buf;
-            let commands_open = commands_open;
-            futures_util::future::poll_fn(|cx| {
-                if let Some(connect) = connecting.as_mut() {
-                    if let Poll::Ready(result) = connect.as_mut().poll(cx) {
-                        *connecting = None;
-                        return Poll::Ready(Wake::Connected(result));
-                    }
-                }
-                let transmit = node.poll_transmit();
-                if let (false, Some(w)) = (transmit.is_empty(), writer.as_mut()) {
-                    if let Poll::Ready(result) = Pin::new(w).poll_write(cx, transmit) {
-                        return Poll::Ready(Wake::Wrote(result));
-                    }
-                }
-                for turn in 0..2 {
-                    if (turn == 0) == commands_first {
-                        if !commands_open {
-                            continue;
-                        }
-                        if let Poll::Ready(command) = commands.poll_next_unpin(cx) {
-                            return Poll::Ready(Wake::Command(command));
-                        }
-                    } else if let Some(r) = reader.as_mut() {
-                        if let Poll::Ready(result) = Pin::new(r).poll_read(cx, buf) {
-                            return Poll::Ready(Wake::Read(result));
-                        }
-                    }
-                }
-                if let Some((_, sleep)) = timer.as_mut() {
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        *timer = None;
-                        return Poll::Ready(Wake::Timer);
-                    }
-                }
-                Poll::Pending
-            })
-            .await
-        };
-        let now = task.rt.now();
-        match wake {
-            Wake::Connected(Ok(stream)) => {
-                let (r, w) = stream.split();
-                task.reader = Some(r);
-                task.writer = Some(w);
-                task.node.handle_connected(now);
-            }
-            Wake::Connected(Err(error)) => task.node.handle_transport_error(now, &error),
-            Wake::Read(Ok(0)) => {
-                task.reader = None;
-                task.node.handle_eof(now);
-            }
-            Wake::Read(Ok(n)) => task.node.handle_data(now, &buf[..n]),
-            Wake::Read(Err(error)) => {
-                task.reader = None;
-                task.node.handle_transport_error(now, &error);
-            }
-            Wake::Wrote(Ok(n)) => task.node.advance_transmit(n),
-            Wake::Wrote(Err(error)) => {
-                task.writer = None;
-                task.node.handle_transport_error(now, &error);
-            }
-            Wake::Command(Some(command)) => task.command(now, command),
-            Wake::Command(None) => {
-                // Every handle is gone: log off and end.
-                commands_open = false;
-                task.stopping = true;
-                task.node.close(now);
-            }
-            Wake::Timer => {}
-        }
-        if task.node.poll_timeout().is_some_and(|at| at <= now) {
-            task.node.handle_timeout(now);
-        }
+        futures_util::future::poll_fn(|cx| pump(cx, &rt, &shared, &mut io, &mut buf, &mut timer))
+            .await;
     }
-    task.finish();
+    finish(&shared);
 }
 
-impl<R: Runtime> Task<R> {
-    fn command(&mut self, now: Instant, command: Command) {
-        match command {
-            Command::Send { action, reply } => match self.node.send(now, action) {
-                Ok(action_id) => {
-                    self.replies.insert(action_id, reply);
+/// Whether the task is done: stopping (or every server closed by the application),
+/// and nothing left open or to hand out.
+fn stopping_done(inner: &Inner, stopping: bool) -> bool {
+    let core = &inner.core;
+    let all_stopped = (0..core.len())
+        .map(ServerId)
+        .all(|id| matches!(core.readiness(id), Readiness::Failed(NotReady::Stopped)));
+    (stopping || all_stopped) && core.is_shut_down()
+}
+
+/// The next instant the task must wake: the core's deadline or a waiter's.
+fn next_wake(inner: &Inner) -> Option<Instant> {
+    let waiters = inner.waiters.iter().filter_map(|w| match w.until {
+        Until::Ready { deadline } => deadline,
+        Until::Closed | Until::Finished => None,
+    });
+    inner.core.poll_timeout().into_iter().chain(waiters).min()
+}
+
+/// One pass over every source of work; `Ready` once anything was handled.
+fn pump<R: Runtime>(
+    cx: &mut Context<'_>,
+    rt: &R,
+    shared: &Shared,
+    io: &mut [ServerIo],
+    buf: &mut [u8],
+    timer: &mut Option<(Instant, BoxFuture<()>)>,
+) -> Poll<()> {
+    // Registered before the flag is read, so a notify in between is not lost.
+    shared.wake.register(cx.waker());
+    let mut progressed = shared.woken.swap(false, Ordering::AcqRel);
+    let mut inner = shared.lock();
+    let core = &mut inner.core;
+    let now = rt.now();
+    for (index, server) in io.iter_mut().enumerate() {
+        let id = ServerId(index);
+        if let Some(connect) = server.connecting.as_mut() {
+            if let Poll::Ready(result) = connect.as_mut().poll(cx) {
+                server.connecting = None;
+                progressed = true;
+                match result {
+                    Ok(stream) => {
+                        let (r, w) = stream.split();
+                        server.reader = Some(r);
+                        server.writer = Some(w);
+                        core.handle_connected(id, now);
+                    }
+                    Err(error) => core.handle_transport_error(id, now, &error),
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(ClientError::Refused(error)));
-                }
-            },
-            Command::Open => self.node.open(now),
-            Command::Close { done } => {
-                self.stopping = true;
-                self.close_waiters.push(done);
-                self.node.close(now);
             }
         }
-    }
-
-    /// Takes every output of the node and publishes the result; returns the number of
-    /// events handed to the subscribers.
-    fn drain(&mut self) -> usize {
-        let mut health_changed = false;
-        let mut dispatched = 0;
-        while let Some(output) = self.node.poll() {
-            match output {
-                NodeOutput::Connect => {
-                    self.reader = None;
-                    self.writer = None;
-                    self.connecting = Some(self.rt.connect(self.addr));
+        while let Some(writer) = server.writer.as_mut() {
+            let transmit = core.poll_transmit(id);
+            if transmit.is_empty() {
+                break;
+            }
+            match Pin::new(writer).poll_write(cx, transmit) {
+                Poll::Ready(Ok(n)) => {
+                    core.advance_transmit(id, n);
+                    progressed = true;
                 }
-                NodeOutput::Connection(Output::Event(event)) => self.events.push(event),
-                NodeOutput::Connection(Output::Completed(done)) => {
-                    // A dropped `send` future dropped its receiver: the reply goes nowhere.
-                    if let Some(reply) = self.replies.remove(&done.action_id) {
-                        let _ = reply.send(done.result.map_err(ClientError::Failed));
+                Poll::Ready(Err(error)) => {
+                    server.writer = None;
+                    core.handle_transport_error(id, now, &error);
+                    progressed = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if let Some(reader) = server.reader.as_mut() {
+            if let Poll::Ready(result) = Pin::new(reader).poll_read(cx, buf) {
+                progressed = true;
+                match result {
+                    Ok(0) => {
+                        server.reader = None;
+                        core.handle_eof(id, now);
+                    }
+                    Ok(n) => core.handle_data(id, now, &buf[..n]),
+                    Err(error) => {
+                        server.reader = None;
+                        core.handle_transport_error(id, now, &error);
                     }
                 }
-                NodeOutput::Connection(Output::Closed(_)) => {
-                    self.reader = None;
-                    self.writer = None;
-                    self.connecting = None;
-                }
-                NodeOutput::Health { .. } => health_changed = true,
-                NodeOutput::Connection(_) | NodeOutput::Circuit(_) => {}
-            }
-            if self.events.len() >= 256 {
-                dispatched += self.events.len();
-                self.shared.subscribers.dispatch(&self.events);
-                self.events.clear();
             }
         }
-        if !self.events.is_empty() {
-            dispatched += self.events.len();
-            self.shared.subscribers.dispatch(&self.events);
-            self.events.clear();
-        }
-        let shared = &self.shared;
-        *lock(&shared.health) = self.node.health();
-        *lock(&shared.state) = self.node.state();
-        *lock(&shared.metrics) = self.node.metrics();
-        shared
-            .pending_replies
-            .store(self.replies.len(), Ordering::Relaxed);
-        if health_changed {
-            for waiter in lock(&shared.health_waiters).drain(..) {
-                let _ = waiter.send(());
-            }
-        }
-        dispatched
     }
+    if let Some((_, sleep)) = timer.as_mut() {
+        if sleep.as_mut().poll(cx).is_ready() {
+            *timer = None;
+            progressed = true;
+        }
+    }
+    if core.poll_timeout().is_some_and(|at| at <= now) {
+        core.handle_timeout(now);
+        progressed = true;
+    }
+    if progressed {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
+}
 
-    fn finish(mut self) {
-        // The core completed every action when the session closed; anything left was
-        // never sent.
-        for (_, reply) in self.replies.drain() {
-            let _ = reply.send(Err(ClientError::Closed));
+/// Hands out every output of the core and answers the waiters that can be answered;
+/// returns the number of events handed to the streams.
+fn drain<R: Runtime>(
+    rt: &R,
+    inner: &mut Inner,
+    io: &mut [ServerIo],
+    addrs: &[SocketAddr],
+    shared: &Shared,
+    events: &mut Vec<Event>,
+    now: Instant,
+) -> usize {
+    let mut dispatched = 0;
+    while let Some(output) = inner.core.poll() {
+        match output {
+            ClientOutput::Connect(id) => {
+                let server = &mut io[id.0];
+                server.reader = None;
+                server.writer = None;
+                server.connecting = Some(rt.connect(addrs[id.0]));
+            }
+            ClientOutput::Disconnect { server, .. } => {
+                io[server.0] = ServerIo::default();
+            }
+            ClientOutput::Event(event) => {
+                events.push(event);
+                if events.len() >= 256 {
+                    dispatched += events.len();
+                    shared.subscribers.dispatch(events);
+                    events.clear();
+                }
+            }
+            ClientOutput::Completed {
+                payload,
+                completion,
+                ..
+            } => {
+                // A dropped `send` future dropped its receiver: the reply goes nowhere.
+                let _ = payload.send(completion.result.map_err(ClientError::Failed));
+            }
+            ClientOutput::State { .. } | ClientOutput::Health { .. } => {}
         }
-        self.shared.pending_replies.store(0, Ordering::Relaxed);
-        self.shared.finished.store(true, Ordering::Release);
-        self.shared.subscribers.finish_all();
-        for waiter in lock(&self.shared.health_waiters).drain(..) {
-            let _ = waiter.send(());
-        }
-        for done in self.close_waiters.drain(..) {
-            let _ = done.send(());
-        }
-        tracing::debug!(server_key = %self.shared.key, "connection task ended");
     }
+    if !events.is_empty() {
+        dispatched += events.len();
+        shared.subscribers.dispatch(events);
+        events.clear();
+    }
+    answer_waiters(inner, now);
+    dispatched
+}
+
+/// Answers every waiter whose wait is decided; forgets those nobody awaits any more.
+fn answer_waiters(inner: &mut Inner, now: Instant) {
+    let Inner { core, waiters } = inner;
+    let mut i = 0;
+    while i < waiters.len() {
+        let waiter = &waiters[i];
+        let answer = if waiter.reply.is_canceled() {
+            Some(Ok(()))
+        } else {
+            decide(core, waiter.server, waiter.until, now)
+        };
+        match answer {
+            Some(answer) => {
+                let _ = waiters.swap_remove(i).reply.send(answer);
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// `Some` when a wait for `server` is over.
+pub(crate) fn decide(
+    core: &ClientCore<ReplySender>,
+    server: ServerId,
+    until: Until,
+    now: Instant,
+) -> Option<Result<(), ClientError>> {
+    match until {
+        Until::Ready { deadline } => match core.readiness(server) {
+            Readiness::Ready => Some(Ok(())),
+            Readiness::Failed(why) => Some(Err(ClientError::NotReady(why))),
+            Readiness::Pending if deadline.is_some_and(|at| now >= at) => {
+                Some(Err(ClientError::TimedOut {
+                    last: core.last_failure(server),
+                }))
+            }
+            Readiness::Pending => None,
+        },
+        Until::Closed => {
+            let node = core.node(server);
+            (node.state() == State::Closed && !node.has_pending_outputs()).then_some(Ok(()))
+        }
+        Until::Finished => None,
+    }
+}
+
+/// The task ends: every wait and stream ends with it.
+fn finish(shared: &Shared) {
+    shared.finished.store(true, Ordering::Release);
+    let mut inner = shared.lock();
+    for waiter in inner.waiters.drain(..) {
+        let answer = match waiter.until {
+            Until::Closed | Until::Finished => Ok(()),
+            Until::Ready { .. } => Err(ClientError::Closed),
+        };
+        let _ = waiter.reply.send(answer);
+    }
+    // The core completed every action when its sessions closed; nothing is left.
+    debug_assert_eq!(inner.core.pending(), 0);
+    drop(inner);
+    shared.subscribers.finish_all();
+    tracing::debug!("client task ended");
 }

@@ -28,7 +28,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 use std::time::{Duration, Instant};
 
 use ami_mio::tls::TlsSettings;
-use ami_mio::{Driver, Filter, ServerId, ServerSpec, WaitError};
+use ami_mio::{Driver, Filter, NotReady, ServerId, ServerSpec, WaitError};
 use ami_proto::action::{self, EventMask, Originate};
 use ami_proto::{ActionError, AuthMethod, CloseReason, Message, Reply, Stage, State};
 use ami_tests::asterisk::{
@@ -99,11 +99,12 @@ fn tick_until(
 }
 
 /// The close reason of a closed server (for assertion messages).
-fn close_reason(driver: &mut Driver, id: ServerId) -> Option<CloseReason> {
-    match driver.wait_ready(id, Duration::ZERO) {
-        Err(WaitError::Closed(reason)) => Some(reason),
-        _ => None,
-    }
+fn close_reason(driver: &Driver, id: ServerId) -> Option<CloseReason> {
+    driver
+        .node(id)
+        .connection()
+        .and_then(ami_proto::Connection::close_reason)
+        .cloned()
 }
 
 fn ok(result: Result<Reply, WaitError>, what: &str) -> Reply {
@@ -243,7 +244,7 @@ fn assert_usable_then_logoff(mut driver: Driver, id: ServerId) {
     assert_eq!(reply.response.get("Ping"), Some("Pong"));
     assert!(driver.shutdown(Duration::from_secs(5)));
     assert_eq!(driver.state(id), State::Closed);
-    assert_eq!(close_reason(&mut driver, id), Some(CloseReason::Graceful));
+    assert_eq!(close_reason(&driver, id), Some(CloseReason::Graceful));
 }
 
 #[test]
@@ -291,7 +292,17 @@ fn tls_refuses_a_certificate_for_another_name() {
     tls_spec("ami.invalid")(&mut spec);
     let (driver, id, result) = try_driver(spec);
     match result {
-        Err(WaitError::Closed(CloseReason::Transport(message))) => {
+        // A failed handshake is retried like any transport error; the wait ends when
+        // the circuit opens (or runs out) and names the failure.
+        Err(
+            WaitError::NotReady(NotReady::CircuitOpen {
+                last: Some(CloseReason::Transport(message)),
+            })
+            | WaitError::TimedOut {
+                last: Some(CloseReason::Transport(message)),
+                ..
+            },
+        ) => {
             assert!(
                 message.contains("certificate") || message.contains("Certificate"),
                 "{message}"
@@ -372,7 +383,9 @@ fn failed_login_closes_with_authentication_failed() {
         let started = Instant::now();
         let (mut driver, id, result) = try_driver(spec);
         match result {
-            Err(WaitError::Closed(CloseReason::AuthenticationFailed { message })) => {
+            Err(WaitError::NotReady(NotReady::Refused(CloseReason::AuthenticationFailed {
+                message,
+            }))) => {
                 assert_eq!(message, "Authentication failed", "{auth:?}")
             }
             other => panic!("{auth:?}: expected AuthenticationFailed, got {other:?}"),
@@ -389,7 +402,7 @@ fn failed_login_closes_with_authentication_failed() {
         // Nothing more happens on the closed connection.
         driver.tick_all(Duration::from_millis(10));
         assert!(matches!(
-            close_reason(&mut driver, id),
+            close_reason(&driver, id),
             Some(CloseReason::AuthenticationFailed { .. })
         ));
     }
@@ -1116,7 +1129,7 @@ fn userevent_flood_arrives_complete() {
     let mut longest_tick = Duration::ZERO;
     while flood.state.borrow().done.is_none() {
         if !driver.state(id).is_ready() {
-            let reason = close_reason(&mut driver, id);
+            let reason = close_reason(&driver, id);
             panic!(
                 "connection lost during the flood: {reason:?} (longest tick {longest_tick:?}; \
                  this thread waited {:?} for a CPU during the flood)",
@@ -1232,7 +1245,7 @@ fn slow_listener_flood(count: usize, per_event: Duration, every_event: bool) -> 
     let waited_before = run_queue_wait();
     while flood.state.borrow().done.is_none() {
         if driver.state(id) == State::Closed {
-            let reason = close_reason(&mut driver, id);
+            let reason = close_reason(&driver, id);
             panic!(
                 "the slow listener's connection closed after {:?} (longest tick {max_tick:?}; \
                  this thread waited {:?} for a CPU meanwhile; {} Flood events seen, stats \
@@ -1353,7 +1366,7 @@ fn flood_on_one_connection_does_not_delay_another() {
         assert!(Instant::now() < deadline, "no FloodDone");
         for (name, id) in [("flooded", flooded), ("pinger", pinger)] {
             if !driver.state(id).is_ready() {
-                let reason = close_reason(&mut driver, id);
+                let reason = close_reason(&driver, id);
                 panic!(
                     "the {name} connection closed during the flood: {reason:?} (longest tick \
                      {longest_tick:?}; this thread waited {:?} for a CPU meanwhile)",

@@ -1,7 +1,9 @@
 //! A tiny seedable pseudo-random generator (SplitMix64).
 //!
 //! Not cryptographic. It exists so that jitter is reproducible: the same seed gives the
-//! same delays, so a failing simulation can be replayed from its seed.
+//! same delays, so a failing simulation can be replayed from its seed. It is the one
+//! generator of the workspace: `ami-cluster` draws its jitter from it, `ami-sim` its
+//! test data, and the drivers their seeds from [`random_seed`].
 
 /// A SplitMix64 generator. Create one per driver (or per test) with [`Rng::new`] and
 /// pass it to the methods that need randomness.
@@ -44,6 +46,30 @@ impl Rng {
             }
         }
     }
+
+    /// A number in `0..n` (`n` > 0); uniform, without modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.range_inclusive(0, n.max(1) - 1)
+    }
+
+    /// A number in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        // The top 53 bits fill an f64 mantissa exactly.
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// 64 bits that differ between processes and between calls, for ActionID instance tags
+/// and jitter seeds when the application gives none. Not cryptographic; reads no clock
+/// and does no I/O (std's per-process random hash keys, the pid and a counter).
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -73,5 +99,10 @@ mod tests {
         assert!(lo_seen && hi_seen);
         assert_eq!(rng.range_inclusive(5, 5), 5);
         assert_eq!(rng.range_inclusive(5, 1), 5);
+        for _ in 0..1000 {
+            assert!((0.0..1.0).contains(&rng.unit()));
+            assert!(rng.below(10) < 10);
+        }
+        assert_ne!(random_seed(), random_seed());
     }
 }

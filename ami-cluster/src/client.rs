@@ -1,0 +1,534 @@
+//! The client core that both drivers wrap: a [`Cluster`] plus everything a client
+//! keeps above it — completion slots, readiness, routing and aggregate metrics.
+//!
+//! `ami-mio` and `ami-tokio` are I/O pumps around one [`ClientCore`]: they own sockets,
+//! clocks and the way results reach the application (callbacks, futures, streams),
+//! and nothing else. Every decision a client makes about its actions and servers is
+//! taken here, once, sans-IO:
+//!
+//! - [`ClientCore::send`] takes an action and a *payload* `P` (whatever the driver
+//!   needs to hand the result back: a callback, a oneshot sender) and returns a small
+//!   `Copy` [`Ticket`]. The payload comes back exactly once, in
+//!   [`ClientOutput::Completed`] with the action's completion; a refused send returns
+//!   it at once in [`Refused`].
+//! - [`ClientCore::readiness`] says whether a server is ready for actions, still on
+//!   its way, or will not become ready by waiting (see [`Readiness`]): both drivers'
+//!   `wait_ready` are loops around it.
+//! - [`ClientCore::poll`] and [`ClientCore::poll_server`] give the outputs in the
+//!   order the nodes produced them (wire order within a server): transports to open
+//!   and drop, completions with their payloads, events, state and health changes.
+//!
+//! Completion slots are bounded by the servers' `max_pending_actions`: a slot exists
+//! only for an action the core accepted, and is freed by that action's completion,
+//! which the core guarantees (a lost connection completes its actions with
+//! `ConnectionClosed`).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use ami_proto::correlation::action_tag;
+use ami_proto::{Action, CloseReason, Completion, Event, Output, SendError, State};
+
+use crate::cluster::{Cluster, ClusterConfig, ClusterError, RouteError, ServerId};
+use crate::health::Health;
+use crate::metrics::NodeMetrics;
+use crate::node::{Node, NodeOutput};
+use crate::routing::{NoServerAvailable, Strategy};
+
+/// A handle to an action in flight: which server, and which completion slot. `Copy`,
+/// and never reused for another action while this one is pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    /// The server the action was sent to.
+    pub server: ServerId,
+    slot: u32,
+    reuse: u32,
+}
+
+/// A send the core refused: why, and the payload handed back untouched.
+#[derive(Debug)]
+pub struct Refused<P, E = SendError> {
+    /// Why the action was not sent.
+    pub error: E,
+    /// The payload given to the send.
+    pub payload: P,
+}
+
+/// Whether waiting for a server to log in makes sense.
+///
+/// The rule, the same for every driver: a wait goes on through everything that
+/// retrying can fix — connecting, logging in, a refused or reset connection, a lost
+/// session, a timeout — and ends at once when waiting cannot help: the application
+/// closed the server, its circuit is open (no attempt before the cooldown), or the
+/// last attempt was refused in a way the next one will repeat (credentials rejected,
+/// a peer that is not AMI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Logged in: actions can be sent.
+    Ready,
+    /// Not yet; an attempt is under way or scheduled.
+    Pending,
+    /// Waiting cannot make it ready.
+    Failed(NotReady),
+}
+
+/// Why a server will not become ready by waiting (see [`Readiness`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The application closed the server; it does not reconnect until opened again.
+    #[error("the server was closed by the application")]
+    Stopped,
+    /// The circuit breaker is open after repeated failures; the last one is given.
+    #[error("circuit open after repeated failures (last: {})", last.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string))]
+    CircuitOpen {
+        /// Why the last attempt failed.
+        last: Option<CloseReason>,
+    },
+    /// The server refused the last attempt in a way the next one will repeat.
+    #[error("refused: {0}")]
+    Refused(CloseReason),
+}
+
+/// Whether retrying cannot fix a close: the next attempt would be refused the same way.
+fn is_permanent(reason: &CloseReason) -> bool {
+    matches!(
+        reason,
+        CloseReason::AuthenticationFailed { .. } | CloseReason::NotAmi { .. }
+    )
+}
+
+/// What the core asks of its driver, or hands to the application.
+#[derive(Debug)]
+pub enum ClientOutput<P> {
+    /// Open a transport to the server now; report it with
+    /// [`ClientCore::handle_connected`] or [`ClientCore::handle_transport_error`].
+    Connect(ServerId),
+    /// The server's connection closed: drop its transport.
+    Disconnect {
+        /// The server.
+        server: ServerId,
+        /// Why it closed.
+        reason: CloseReason,
+    },
+    /// An action sent with [`ClientCore::send`] completed; its payload comes back.
+    Completed {
+        /// The action's ticket.
+        ticket: Ticket,
+        /// The payload given to the send.
+        payload: P,
+        /// The completion: the reply or why there is none.
+        completion: Completion,
+    },
+    /// An event.
+    Event(Event),
+    /// A connection's state changed (every reconnect starts again at `Connecting`).
+    State {
+        /// The server.
+        server: ServerId,
+        /// The state before.
+        from: State,
+        /// The state now.
+        to: State,
+    },
+    /// A server's health changed.
+    Health {
+        /// The server.
+        server: ServerId,
+        /// The health before.
+        from: Health,
+        /// The health now.
+        to: Health,
+    },
+}
+
+/// A completion slot.
+#[derive(Debug)]
+struct Slot<P> {
+    reuse: u32,
+    payload: Option<P>,
+}
+
+/// Identifies an action on the wire: its server, connection generation and counter.
+type ActionKey = (ServerId, u64, u64);
+
+/// The client core. See the [module documentation](self).
+///
+/// Methods taking a [`ServerId`] panic when it does not come from this core.
+#[derive(Debug)]
+pub struct ClientCore<P> {
+    cluster: Cluster,
+    slots: Vec<Slot<P>>,
+    free: Vec<u32>,
+    by_action: HashMap<ActionKey, u32>,
+}
+
+impl<P> ClientCore<P> {
+    /// A core over the servers of `config`, all idle.
+    pub fn new(config: ClusterConfig) -> Result<Self, ClusterError> {
+        Ok(ClientCore {
+            cluster: Cluster::new(config)?,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_action: HashMap::new(),
+        })
+    }
+
+    /// The cluster underneath (registry, nodes, routing).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Adds an idle server at the end of the registry.
+    pub fn add(&mut self, server: ami_proto::Config) -> Result<ServerId, ClusterError> {
+        self.cluster.add(server)
+    }
+
+    /// Adds an idle server with its own reconnect policy.
+    pub fn add_with_policy(
+        &mut self,
+        server: ami_proto::Config,
+        policy: crate::node::Policy,
+    ) -> Result<ServerId, ClusterError> {
+        self.cluster.add_with_policy(server, policy)
+    }
+
+    /// Number of servers.
+    pub fn len(&self) -> usize {
+        self.cluster.len()
+    }
+
+    /// Always false: a core has at least one server.
+    pub fn is_empty(&self) -> bool {
+        self.cluster.is_empty()
+    }
+
+    /// The server with this key, without opening it.
+    pub fn id(&self, key: &str) -> Option<ServerId> {
+        self.cluster.id(key)
+    }
+
+    /// A server's key.
+    pub fn key(&self, id: ServerId) -> &str {
+        self.cluster.node(id).key()
+    }
+
+    /// A server's node (read only).
+    pub fn node(&self, id: ServerId) -> &Node {
+        self.cluster.node(id)
+    }
+
+    /// The server with this key, opened if it was idle (lazy open).
+    pub fn server(&mut self, key: &str, now: Instant) -> Result<ServerId, ClusterError> {
+        self.cluster.server(key, now)
+    }
+
+    /// The default server, opened if it was idle.
+    pub fn default_server(&mut self, now: Instant) -> ServerId {
+        self.cluster.default_server(now)
+    }
+
+    /// Makes the server with this key the default.
+    pub fn set_default(&mut self, key: &str) -> Result<ServerId, ClusterError> {
+        self.cluster.set_default(key)
+    }
+
+    /// Sets the routing strategy (keys are checked against the registry).
+    pub fn set_routing(&mut self, strategy: Strategy<String>) -> Result<(), ClusterError> {
+        self.cluster.set_routing(strategy)
+    }
+
+    /// A healthy server chosen by the routing strategy; idle servers are opened first
+    /// (they become selectable once logged in).
+    pub fn select(&mut self, now: Instant) -> Result<ServerId, NoServerAvailable> {
+        self.cluster.select(now)
+    }
+
+    /// Opens a server (eager open): it connects now and is kept connected until
+    /// [`ClientCore::close`]. A server already open keeps its schedule.
+    pub fn open(&mut self, id: ServerId, now: Instant) {
+        self.cluster.node_mut(id).open(now);
+    }
+
+    /// Opens a server only if it was never opened (what a wait does first).
+    pub fn open_if_idle(&mut self, id: ServerId, now: Instant) {
+        let node = self.cluster.node_mut(id);
+        if node.is_idle() {
+            node.open(now);
+        }
+    }
+
+    /// Opens every server.
+    pub fn open_all(&mut self, now: Instant) {
+        self.cluster.connect_all(now);
+    }
+
+    /// Logs a server off and stops reconnecting it until [`ClientCore::open`].
+    pub fn close(&mut self, id: ServerId, now: Instant) {
+        self.cluster.node_mut(id).close(now);
+    }
+
+    /// Logs every server off; none reconnects.
+    pub fn close_all(&mut self, now: Instant) {
+        self.cluster.close_all(now);
+    }
+
+    /// Whether every server is closed and has nothing left to poll.
+    pub fn is_shut_down(&self) -> bool {
+        self.cluster.ids().all(|id| {
+            let node = self.cluster.node(id);
+            node.state() == State::Closed && !node.has_pending_outputs()
+        })
+    }
+
+    /// Sends `action` to a server. On success the payload waits in a slot until the
+    /// action completes ([`ClientOutput::Completed`]); a refusal hands it back. An idle
+    /// server is opened by its first send (lazy open), which is still refused with
+    /// `NotReady`.
+    pub fn send(
+        &mut self,
+        id: ServerId,
+        now: Instant,
+        action: impl Into<Action>,
+        payload: P,
+    ) -> Result<Ticket, Refused<P>> {
+        let node = self.cluster.node_mut(id);
+        let action_id = match node.send(now, action) {
+            Ok(action_id) => action_id,
+            Err(error) => return Err(Refused { error, payload }),
+        };
+        let (generation, counter) =
+            action_tag(&action_id).expect("the core issues ActionIDs in its own format");
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize].payload = Some(payload);
+                slot
+            }
+            None => {
+                self.slots.push(Slot {
+                    reuse: 0,
+                    payload: Some(payload),
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_action.insert((id, generation, counter), slot);
+        Ok(Ticket {
+            server: id,
+            slot,
+            reuse: self.slots[slot as usize].reuse,
+        })
+    }
+
+    /// Selects a server with the routing strategy and sends `action` there.
+    pub fn send_routed(
+        &mut self,
+        now: Instant,
+        action: impl Into<Action>,
+        payload: P,
+    ) -> Result<Ticket, Refused<P, RouteError>> {
+        let server = match self.select(now) {
+            Ok(server) => server,
+            Err(error) => {
+                return Err(Refused {
+                    error: RouteError::NoServer(error),
+                    payload,
+                });
+            }
+        };
+        self.send(server, now, action, payload)
+            .map_err(|Refused { error, payload }| Refused {
+                error: RouteError::Refused { server, error },
+                payload,
+            })
+    }
+
+    /// Whether the action of `ticket` still waits for its completion.
+    pub fn is_pending(&self, ticket: Ticket) -> bool {
+        self.slots
+            .get(ticket.slot as usize)
+            .is_some_and(|s| s.reuse == ticket.reuse && s.payload.is_some())
+    }
+
+    /// Actions in flight over every server (completion slots held).
+    pub fn pending(&self) -> usize {
+        self.by_action.len()
+    }
+
+    /// Whether a server is ready, on its way, or will not become ready by waiting
+    /// (the rule is on [`Readiness`]).
+    pub fn readiness(&self, id: ServerId) -> Readiness {
+        let node = self.cluster.node(id);
+        if node.state().is_ready() {
+            return Readiness::Ready;
+        }
+        if !node.is_idle() && !node.is_running() {
+            return Readiness::Failed(NotReady::Stopped);
+        }
+        let last = self.last_failure(id);
+        if node.health() == Health::CircuitOpen {
+            return Readiness::Failed(NotReady::CircuitOpen { last });
+        }
+        match last {
+            Some(reason) if is_permanent(&reason) && node.state() == State::Closed => {
+                Readiness::Failed(NotReady::Refused(reason))
+            }
+            _ => Readiness::Pending,
+        }
+    }
+
+    /// Why the server's last connection closed, kept while the next attempt runs (for
+    /// reports on a wait that ran out).
+    pub fn last_failure(&self, id: ServerId) -> Option<CloseReason> {
+        self.cluster.node(id).last_close_reason().cloned()
+    }
+
+    // ----- I/O inputs, as on `Node` -----
+
+    /// The server's transport connected.
+    pub fn handle_connected(&mut self, id: ServerId, now: Instant) {
+        self.cluster.node_mut(id).handle_connected(now);
+    }
+
+    /// Bytes arrived from the server.
+    pub fn handle_data(&mut self, id: ServerId, now: Instant, data: &[u8]) {
+        self.cluster.node_mut(id).handle_data(now, data);
+    }
+
+    /// The server closed the stream.
+    pub fn handle_eof(&mut self, id: ServerId, now: Instant) {
+        self.cluster.node_mut(id).handle_eof(now);
+    }
+
+    /// The server's transport failed.
+    pub fn handle_transport_error(
+        &mut self,
+        id: ServerId,
+        now: Instant,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.cluster.node_mut(id).handle_transport_error(now, error);
+    }
+
+    /// Runs one server's due deadlines, heartbeats and reconnect attempts.
+    pub fn handle_server_timeout(&mut self, id: ServerId, now: Instant) {
+        let node = self.cluster.node_mut(id);
+        if node.poll_timeout().is_some_and(|at| at <= now) {
+            node.handle_timeout(now);
+        }
+    }
+
+    /// Runs every server's due deadlines, heartbeats and reconnect attempts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.cluster.handle_timeout(now);
+    }
+
+    /// The earliest instant any server needs [`ClientCore::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.cluster.poll_timeout()
+    }
+
+    /// Bytes to write to a server's transport.
+    pub fn poll_transmit(&self, id: ServerId) -> &[u8] {
+        self.cluster.node(id).poll_transmit()
+    }
+
+    /// `n` bytes of [`ClientCore::poll_transmit`] were written.
+    pub fn advance_transmit(&mut self, id: ServerId, n: usize) {
+        self.cluster.node_mut(id).advance_transmit(n);
+    }
+
+    // ----- outputs -----
+
+    /// The next output of any server; servers take turns going first.
+    pub fn poll(&mut self) -> Option<ClientOutput<P>> {
+        loop {
+            let (id, output) = self.cluster.poll()?;
+            if let Some(output) = self.translate(id, output) {
+                return Some(output);
+            }
+        }
+    }
+
+    /// The next output of one server.
+    pub fn poll_server(&mut self, id: ServerId) -> Option<ClientOutput<P>> {
+        loop {
+            let output = self.cluster.node_mut(id).poll()?;
+            if let Some(output) = self.translate(id, output) {
+                return Some(output);
+            }
+        }
+    }
+
+    /// Whether a server has outputs other than events waiting (they are never
+    /// dropped: drain them even when there is no time left for events).
+    pub fn has_pending_outputs(&self, id: ServerId) -> bool {
+        self.cluster.node(id).has_pending_outputs()
+    }
+
+    /// Events a server has waiting.
+    pub fn queued_events(&self, id: ServerId) -> usize {
+        self.cluster.node(id).queued_events()
+    }
+
+    // ----- metrics -----
+
+    /// A server's metrics, kept across reconnects.
+    pub fn metrics(&self, id: ServerId) -> NodeMetrics {
+        self.cluster.node(id).metrics()
+    }
+
+    /// Every server's metrics with its key, in registry order.
+    pub fn all_metrics(&self) -> Vec<(&str, NodeMetrics)> {
+        self.cluster.metrics()
+    }
+
+    /// Every server's metrics in the Prometheus text format.
+    pub fn render_prometheus(&self) -> String {
+        self.cluster.render_prometheus()
+    }
+
+    /// Turns a node output into a client output; `None` for what only the core needs
+    /// (reports and circuit transitions are counted and logged below).
+    fn translate(&mut self, id: ServerId, output: NodeOutput) -> Option<ClientOutput<P>> {
+        Some(match output {
+            NodeOutput::Connect => ClientOutput::Connect(id),
+            NodeOutput::Health { from, to } => ClientOutput::Health {
+                server: id,
+                from,
+                to,
+            },
+            NodeOutput::Circuit(_) => return None,
+            NodeOutput::Connection(output) => match output {
+                Output::Event(event) => ClientOutput::Event(event),
+                Output::Completed(completion) => return self.complete(id, completion),
+                Output::StateChanged { from, to } => ClientOutput::State {
+                    server: id,
+                    from,
+                    to,
+                },
+                Output::Closed(reason) => ClientOutput::Disconnect { server: id, reason },
+                Output::Discarded(_) | Output::Unmatched(_) => return None,
+            },
+        })
+    }
+
+    /// Frees the slot of a completed action and hands its payload back.
+    fn complete(&mut self, id: ServerId, completion: Completion) -> Option<ClientOutput<P>> {
+        let (generation, counter) = action_tag(&completion.action_id)?;
+        let slot = self.by_action.remove(&(id, generation, counter))?;
+        let entry = &mut self.slots[slot as usize];
+        let payload = entry.payload.take()?;
+        let ticket = Ticket {
+            server: id,
+            slot,
+            reuse: entry.reuse,
+        };
+        entry.reuse = entry.reuse.wrapping_add(1);
+        self.free.push(slot);
+        Some(ClientOutput::Completed {
+            ticket,
+            payload,
+            completion,
+        })
+    }
+}
