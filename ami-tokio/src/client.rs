@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ami_cluster::{ClientCore, ClusterConfig, Health, NodeMetrics, Policy, ServerId};
+use ami_cluster::{ClientCore, ClusterConfig, Health, NodeMetrics, NotReady, Policy, ServerId};
 use ami_proto::action::{self, Action, Originate};
 use ami_proto::{Config, Filter, Reply, State};
 use futures_channel::oneshot;
@@ -151,7 +151,10 @@ impl Client {
         action: Action,
     ) -> Result<oneshot::Receiver<Result<Reply, ClientError>>, ClientError> {
         if self.is_closed() {
-            return Err(ClientError::Closed);
+            // The same answer as a closed server of a running task gives.
+            return Err(ClientError::Refused(ami_proto::SendError::NotReady {
+                state: State::Closed,
+            }));
         }
         let (reply, answer) = oneshot::channel();
         let now = (self.shared.now)();
@@ -235,7 +238,8 @@ impl Client {
             if self.is_closed() {
                 return match until {
                     Until::Closed | Until::Finished => Ok(()),
-                    Until::Ready { .. } => Err(ClientError::Closed),
+                    // The task ends only when every server was closed.
+                    Until::Ready { .. } => Err(ClientError::NotReady(NotReady::Stopped)),
                 };
             }
             let now = (self.shared.now)();

@@ -405,7 +405,7 @@ fn finish(shared: &Shared) {
     for waiter in inner.waiters.drain(..) {
         let answer = match waiter.until {
             Until::Closed | Until::Finished => Ok(()),
-            Until::Ready { .. } => Err(ClientError::Closed),
+            Until::Ready { .. } => Err(ClientError::NotReady(NotReady::Stopped)),
         };
         let _ = waiter.reply.send(answer);
     }

@@ -47,7 +47,10 @@ async fn login_ping_command_list_and_originate() {
     assert_eq!(metrics.actions_completed, 5);
     client.close().await;
     assert!(client.is_closed());
-    assert!(matches!(client.ping().await, Err(ClientError::Closed)));
+    assert!(matches!(
+        client.ping().await,
+        Err(ClientError::Refused(SendError::NotReady { .. }))
+    ));
 }
 
 #[tokio::test]
