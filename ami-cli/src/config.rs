@@ -247,8 +247,8 @@ impl FileConfig {
 pub struct ServerSettings {
     /// The server's key in `servers`.
     pub key: String,
-    /// IP literal, or a host name to resolve once at startup when
-    /// `enforce_ip_endpoints = false`.
+    /// IP literal, or (when `enforce_ip_endpoints = false`) a host name that the
+    /// system resolver looks up before every connect attempt, off the tick.
     pub host: String,
     /// TCP port (5038).
     pub port: u16,

@@ -65,6 +65,10 @@ pub fn driver_for(
     let o = &file.options;
     let options = DriverOptions {
         enforce_ip_endpoints: o.enforce_ip_endpoints,
+        // Host names, when allowed, are looked up by the system resolver before every
+        // connect attempt, on a thread of their own (never in a tick).
+        resolver: (!o.enforce_ip_endpoints)
+            .then(|| std::sync::Arc::new(ami_mio::SystemResolver) as std::sync::Arc<_>),
         policy: Policy {
             circuit: CircuitConfig {
                 failure_threshold: o.circuit_failure_threshold,

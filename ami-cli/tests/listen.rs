@@ -128,3 +128,31 @@ fn unknown_config_keys_are_usage_errors_naming_the_key() {
     assert!(stderr.contains("servers.a.prot"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn send_reaches_a_host_name_when_ip_enforcement_is_off() {
+    let (actions, seen) = mpsc::channel();
+    let port = server(actions);
+    let dir = std::env::temp_dir().join(format!("ami-hostname-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ami.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[servers.a]\nhost = \"localhost\"\nport = {port}\nusername = \"u\"\nsecret = \"s\"\n\
+             [options]\nenforce_ip_endpoints = false\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ami"))
+        .args(["send", "--config"])
+        .arg(&config)
+        .arg("Ping")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let names: Vec<String> = seen.try_iter().collect();
+    assert!(names.contains(&"Ping".to_owned()), "{names:?} {stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use ami_cluster::{
@@ -21,7 +21,7 @@ use ami_proto::{Action, ActionError, CloseReason, Config, Reply, SendError, Stat
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
-use crate::endpoint::{Endpoint, EndpointError, Resolver, address_of};
+use crate::endpoint::{Destination, Endpoint, EndpointError, Resolver, destination_of, resolve};
 use crate::submit::{Submission, SubmitCallback, SubmitError, Submitter};
 use crate::subscription::{Filter, Listeners, SubscriptionId};
 use crate::transport::Transport;
@@ -36,14 +36,18 @@ pub struct DriverOptions {
     /// Refuse hostnames: endpoints must be IP literals (default true), so that no DNS
     /// lookup can ever block.
     pub enforce_ip_endpoints: bool,
-    /// Resolves hostnames when `enforce_ip_endpoints` is off; runs once per server, in
-    /// [`Driver::add_server`], never in a tick (reconnects reuse the address).
-    pub resolver: Option<Box<dyn Resolver>>,
+    /// Resolves hostnames when `enforce_ip_endpoints` is off (e.g.
+    /// [`SystemResolver`](crate::SystemResolver)); runs before every connect attempt
+    /// to a named server, on a thread of its own, never in a tick.
+    pub resolver: Option<Arc<dyn Resolver>>,
     /// Time a tick may spend running event listeners before it reads the sockets
     /// again (default 10 ms). Events not dispatched wait in the bounded queue.
     pub dispatch_budget: Duration,
-    /// Bytes read from one server per tick at most (default 1 MiB), so that one
-    /// flooding server cannot starve the others.
+    /// Bytes read from one server per tick at most (default 128 KiB), so that one
+    /// flooding server cannot starve the others. Kept small on purpose: the events of
+    /// one tick's reads are held until the tick dispatches them, and 1 MiB of them per
+    /// tick made the heap grow and shrink every tick (page faults and `brk` calls) for
+    /// no gain in throughput.
     pub read_budget: usize,
     /// Actions other threads may have in flight to the driver (default 1024).
     pub submit_capacity: usize,
@@ -65,7 +69,7 @@ impl Default for DriverOptions {
             enforce_ip_endpoints: true,
             resolver: None,
             dispatch_budget: Duration::from_millis(10),
-            read_budget: 1024 * 1024,
+            read_budget: 128 * 1024,
             submit_capacity: 1024,
             policy: Policy::default(),
             seed: None,
@@ -182,6 +186,9 @@ pub struct DriverStats {
     pub submissions_refused: u64,
 }
 
+/// A resolver thread's answer: server index, connection generation, address.
+type Resolved = (usize, u64, Result<SocketAddr, EndpointError>);
+
 /// Who gets an action's result: a callback of the driver's thread, or of a
 /// [`Submitter`]'s (which also hears of a refusal).
 enum Callback {
@@ -211,7 +218,9 @@ impl std::fmt::Debug for Callback {
 /// What the driver keeps per server besides its [`Node`]: the I/O side.
 struct Server {
     key: Arc<str>,
-    addr: SocketAddr,
+    destination: Destination,
+    /// The connection generation whose address a resolver thread is looking up.
+    resolving: Option<u64>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConnector>,
     /// The socket of the node's current connection, from `NodeOutput::Connect` until
@@ -245,6 +254,10 @@ pub struct Driver {
     pending_routing: Option<Strategy<String>>,
     inbox: Receiver<Submission>,
     submitter: Submitter,
+    /// Wakes the poll from other threads (submitters, resolver threads).
+    waker: Arc<Waker>,
+    /// Addresses found by resolver threads: server, connection generation, result.
+    resolved: (Sender<Resolved>, Receiver<Resolved>),
     stats: DriverStats,
     last_clamp_warning: Option<Instant>,
     /// The server whose outputs are dispatched first in the next tick.
@@ -274,7 +287,7 @@ impl Driver {
     pub fn with_options(options: DriverOptions) -> io::Result<Driver> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (submitter, inbox) = Submitter::new(waker, options.submit_capacity);
+        let (submitter, inbox) = Submitter::new(waker.clone(), options.submit_capacity);
         let seed = options.seed.unwrap_or_else(ami_proto::rng::random_seed);
         Ok(Driver {
             poll,
@@ -289,6 +302,8 @@ impl Driver {
             seed,
             inbox,
             submitter,
+            waker,
+            resolved: std::sync::mpsc::channel(),
             stats: DriverStats::default(),
             last_clamp_warning: None,
             dispatch_start: 0,
@@ -303,8 +318,11 @@ impl Driver {
         if self.servers.iter().any(|s| *s.key == *key) {
             return Err(ClusterError::DuplicateServer(key).into());
         }
-        let resolver = self.options.resolver.as_mut();
-        let addr = address_of(&spec.endpoint, self.options.enforce_ip_endpoints, resolver)?;
+        let destination = destination_of(
+            &spec.endpoint,
+            self.options.enforce_ip_endpoints,
+            self.options.resolver.is_some(),
+        )?;
         #[cfg(feature = "tls")]
         let tls = spec
             .tls
@@ -327,7 +345,8 @@ impl Driver {
         debug_assert_eq!(id.0, self.servers.len());
         self.servers.push(Server {
             key: Arc::from(key.as_str()),
-            addr,
+            destination,
+            resolving: None,
             #[cfg(feature = "tls")]
             tls,
             transport: None,
@@ -729,6 +748,7 @@ impl Driver {
         }
         if woken {
             self.take_submissions();
+            self.take_resolved(now);
         }
         let Some(core) = self.core.as_mut() else {
             return report;
@@ -825,9 +845,35 @@ impl Driver {
             };
             count += 1;
             match output {
-                ClientOutput::Connect(_) => {
-                    open_transport(self.poll.registry(), server, core, id);
-                }
+                ClientOutput::Connect(_) => match server.destination.clone() {
+                    Destination::Address(addr) => {
+                        open_transport(self.poll.registry(), server, core, id, addr);
+                    }
+                    Destination::Named(endpoint) => {
+                        drop_transport(self.poll.registry(), server);
+                        let generation = core.node(id).generation();
+                        server.resolving = Some(generation);
+                        let resolver = self.options.resolver.clone();
+                        let done = self.resolved.0.clone();
+                        let waker = self.waker.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("ami-resolve".into())
+                            .spawn(move || {
+                                let result = match resolver {
+                                    Some(resolver) => resolve(&*resolver, &endpoint),
+                                    None => Err(EndpointError::NoResolver {
+                                        host: endpoint.host.clone(),
+                                    }),
+                                };
+                                let _ = done.send((id.0, generation, result));
+                                let _ = waker.wake();
+                            });
+                        if let Err(error) = spawned {
+                            server.resolving = None;
+                            core.handle_transport_error(id, Instant::now(), &error);
+                        }
+                    }
+                },
                 ClientOutput::Health { from, to, .. } => {
                     tracing::debug!(server_key = %server.key, %from, %to, "health");
                     self.listeners.dispatch_health(&server.key, from, to);
@@ -860,6 +906,30 @@ impl Driver {
             }
         }
         count
+    }
+
+    /// Connects the servers whose addresses resolver threads found; a failed lookup
+    /// fails its attempt (retried with backoff). Answers for an attempt that ended
+    /// meanwhile are ignored.
+    fn take_resolved(&mut self, now: Instant) {
+        while let Ok((index, generation, result)) = self.resolved.1.try_recv() {
+            let Some(core) = self.core.as_mut() else {
+                return;
+            };
+            let (server, id) = (&mut self.servers[index], ServerId(index));
+            let node = core.node(id);
+            let current = server.resolving == Some(generation)
+                && node.generation() == generation
+                && node.state() == State::Connecting;
+            if !current {
+                continue;
+            }
+            server.resolving = None;
+            match result {
+                Ok(addr) => open_transport(self.poll.registry(), server, core, id, addr),
+                Err(error) => core.handle_transport_error(id, now, &error),
+            }
+        }
     }
 
     /// Handles actions submitted from other threads.
@@ -1015,6 +1085,7 @@ fn open_transport(
     server: &mut Server,
     core: &mut ClientCore<Callback>,
     id: ServerId,
+    addr: SocketAddr,
 ) {
     // A `Connect` follows the previous connection's `Disconnect`, so there is no
     // transport left; drop one anyway rather than leak a registration.
@@ -1024,7 +1095,7 @@ fn open_transport(
         return;
     }
     let now = Instant::now();
-    let opened = TcpStream::connect(server.addr)
+    let opened = TcpStream::connect(addr)
         .and_then(|stream| wrap(server, stream))
         .and_then(|mut transport| {
             let interest = Interest::READABLE | Interest::WRITABLE;

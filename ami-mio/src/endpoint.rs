@@ -2,8 +2,9 @@
 //!
 //! By default an endpoint must be an IP literal (`enforce_ip_endpoints`): a hostname
 //! would need a blocking DNS lookup. With enforcement off, the caller injects a
-//! [`Resolver`]; it runs once, when the server is added, never inside a tick or a
-//! reconnect.
+//! [`Resolver`] (e.g. [`SystemResolver`]); the driver runs it before every connect
+//! attempt on a thread of its own, never inside a tick, so a server that moves to a new
+//! address is found again on its next reconnect.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -27,19 +28,43 @@ impl Endpoint {
     }
 }
 
-/// Turns a hostname into addresses. Called once per server, at [`Driver::add_server`](crate::Driver::add_server).
-pub trait Resolver {
+/// Turns a hostname into addresses. The driver calls it before every connect attempt
+/// to a named server, on a thread of its own, never in a tick: a slow or hanging lookup
+/// delays that server's attempt only (its connect deadline still runs), and a failure
+/// is reported as the attempt's error, retried with backoff like a refused connect.
+pub trait Resolver: Send + Sync {
     /// The addresses of `host`; the first one is used.
-    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
 }
 
 impl<F> Resolver for F
 where
-    F: FnMut(&str, u16) -> io::Result<Vec<SocketAddr>>,
+    F: Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync,
 {
-    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         self(host, port)
     }
+}
+
+/// The operating system's resolver (`getaddrinfo`, through `std::net::ToSocketAddrs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        Ok((host, port).to_socket_addrs()?.collect())
+    }
+}
+
+/// Where a server's connects go: a fixed address, or a name looked up before each
+/// attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// An IP literal.
+    Address(SocketAddr),
+    /// A hostname, resolved per attempt.
+    Named(Endpoint),
 }
 
 /// Why an endpoint has no address.
@@ -69,20 +94,32 @@ pub enum EndpointError {
     },
 }
 
-/// The address to connect to for `endpoint`.
-pub(crate) fn address_of(
+/// Where to connect for `endpoint`: its address when the host is an IP literal;
+/// otherwise the name, if hostnames are allowed and a resolver was given.
+pub(crate) fn destination_of(
     endpoint: &Endpoint,
     enforce_ip: bool,
-    resolver: Option<&mut Box<dyn Resolver>>,
-) -> Result<SocketAddr, EndpointError> {
+    has_resolver: bool,
+) -> Result<Destination, EndpointError> {
     if let Ok(ip) = endpoint.host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, endpoint.port));
+        return Ok(Destination::Address(SocketAddr::new(ip, endpoint.port)));
     }
     let host = endpoint.host.clone();
     if enforce_ip {
         return Err(EndpointError::NotAnIp { host });
     }
-    let resolver = resolver.ok_or_else(|| EndpointError::NoResolver { host: host.clone() })?;
+    if !has_resolver {
+        return Err(EndpointError::NoResolver { host });
+    }
+    Ok(Destination::Named(endpoint.clone()))
+}
+
+/// Resolves `endpoint` to the first address the resolver gives.
+pub(crate) fn resolve(
+    resolver: &dyn Resolver,
+    endpoint: &Endpoint,
+) -> Result<SocketAddr, EndpointError> {
+    let host = endpoint.host.clone();
     let addresses = resolver
         .resolve(&endpoint.host, endpoint.port)
         .map_err(|e| EndpointError::Resolve {
@@ -103,26 +140,47 @@ mod tests {
     fn ip_literals_pass_hostnames_need_a_resolver() {
         let ip = Endpoint::new("127.0.0.1", 5038);
         assert_eq!(
-            address_of(&ip, true, None).unwrap(),
-            "127.0.0.1:5038".parse().unwrap()
+            destination_of(&ip, true, false).unwrap(),
+            Destination::Address("127.0.0.1:5038".parse().unwrap())
         );
         let v6 = Endpoint::new("::1", 5038);
         assert_eq!(
-            address_of(&v6, true, None).unwrap(),
-            "[::1]:5038".parse().unwrap()
+            destination_of(&v6, true, false).unwrap(),
+            Destination::Address("[::1]:5038".parse().unwrap())
         );
         let name = Endpoint::new("pbx.example", 5038);
         assert!(matches!(
-            address_of(&name, true, None),
+            destination_of(&name, true, true),
             Err(EndpointError::NotAnIp { .. })
         ));
         assert!(matches!(
-            address_of(&name, false, None),
+            destination_of(&name, false, false),
             Err(EndpointError::NoResolver { .. })
         ));
-        let mut resolver: Box<dyn Resolver> =
-            Box::new(|_: &str, port: u16| Ok(vec![SocketAddr::from(([10, 0, 0, 5], port))]));
-        let resolved = address_of(&name, false, Some(&mut resolver)).unwrap();
-        assert_eq!(resolved, "10.0.0.5:5038".parse().unwrap());
+        assert_eq!(
+            destination_of(&name, false, true).unwrap(),
+            Destination::Named(name.clone())
+        );
+        let resolver = |_: &str, port: u16| Ok(vec![SocketAddr::from(([10, 0, 0, 5], port))]);
+        assert_eq!(
+            resolve(&resolver, &name).unwrap(),
+            "10.0.0.5:5038".parse().unwrap()
+        );
+        let nothing = |_: &str, _: u16| Ok(Vec::new());
+        assert!(matches!(
+            resolve(&nothing, &name),
+            Err(EndpointError::Resolve { .. })
+        ));
+    }
+
+    #[test]
+    fn the_system_resolver_knows_localhost() {
+        let found = SystemResolver.resolve("localhost", 5038).unwrap();
+        assert!(
+            found
+                .iter()
+                .all(|a| a.port() == 5038 && a.ip().is_loopback())
+        );
+        assert!(!found.is_empty());
     }
 }

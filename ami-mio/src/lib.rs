@@ -17,7 +17,8 @@
 //! timeouts, heartbeats and due reconnect attempts → dispatch outputs: open the sockets
 //! nodes ask for, drop closed ones, run completion callbacks and listeners. Nothing in a
 //! tick sleeps or blocks, and DNS never runs in a tick: endpoints are IP literals unless
-//! you inject a [`Resolver`], which runs once per server in [`Driver::add_server`].
+//! you inject a [`Resolver`] (e.g. [`SystemResolver`]), which runs before every
+//! connect attempt on a thread of its own, never in a tick.
 //! A server that accepts TCP and then never answers costs the others nothing: its
 //! socket is simply never ready.
 //!
@@ -95,6 +96,6 @@ pub use driver::{
     Driver, DriverError, DriverOptions, DriverStats, MAX_TICK_TIMEOUT, ServerSpec, TickReport,
     WaitError,
 };
-pub use endpoint::{Endpoint, EndpointError, Resolver};
+pub use endpoint::{Endpoint, EndpointError, Resolver, SystemResolver};
 pub use submit::{SubmitCallback, SubmitError, Submitter};
 pub use subscription::{Filter, SubscriptionId};

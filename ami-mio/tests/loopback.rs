@@ -241,13 +241,79 @@ fn hostnames_are_refused_unless_a_resolver_is_given() {
     ));
     let options = DriverOptions {
         enforce_ip_endpoints: false,
-        resolver: Some(Box::new(|_: &str, port: u16| {
-            Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
-        })),
         ..DriverOptions::default()
     };
     let mut driver = Driver::with_options(options).unwrap();
-    assert!(driver.add_server(named).is_ok());
+    assert!(matches!(
+        driver.add_server(named),
+        Err(ami_mio::DriverError::Endpoint(
+            ami_mio::EndpointError::NoResolver { .. }
+        ))
+    ));
+}
+
+#[test]
+fn hostnames_are_resolved_off_the_tick_before_each_attempt() {
+    let (addr, server) = scripted_server(0);
+    let options = DriverOptions {
+        enforce_ip_endpoints: false,
+        resolver: Some(std::sync::Arc::new(ami_mio::SystemResolver)),
+        ..DriverOptions::default()
+    };
+    let mut driver = Driver::with_options(options).unwrap();
+    let named = Endpoint::new("localhost", addr.port());
+    let id = driver
+        .add_server(ServerSpec::new(
+            Config::new("named", "admin", "secret"),
+            named,
+        ))
+        .unwrap();
+    driver.wait_ready(id, Duration::from_secs(5)).unwrap();
+    driver.shutdown(Duration::from_secs(5));
+    server.join().unwrap();
+
+    // A lookup that hangs until the test lets it go, then fails: the loop ticks on
+    // meanwhile (a lookup inside a tick would never return), and the failure becomes
+    // the attempt's error.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let slow_failure = move |host: &str, _: u16| {
+        let _ = released
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(10));
+        Err(std::io::Error::other(format!("no such host {host}")))
+    };
+    let options = DriverOptions {
+        enforce_ip_endpoints: false,
+        resolver: Some(std::sync::Arc::new(slow_failure)),
+        ..DriverOptions::default()
+    };
+    let mut driver = Driver::with_options(options).unwrap();
+    let id = driver
+        .add_server(ServerSpec::new(
+            Config::new("nowhere", "admin", "secret"),
+            Endpoint::new("pbx.invalid", 5038),
+        ))
+        .unwrap();
+    driver.connect(id).unwrap();
+    for _ in 0..5 {
+        driver.tick_all(Duration::from_millis(10));
+    }
+    assert!(
+        driver.node(id).last_close_reason().is_none(),
+        "still looking up"
+    );
+    release.send(()).unwrap();
+    while driver.node(id).last_close_reason().is_none() {
+        driver.tick_all(Duration::from_millis(20));
+    }
+    match driver.node(id).last_close_reason() {
+        Some(ami_proto::CloseReason::Transport(message)) => {
+            assert!(message.contains("no such host pbx.invalid"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
