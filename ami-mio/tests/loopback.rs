@@ -309,7 +309,7 @@ fn hostnames_are_resolved_off_the_tick_before_each_attempt() {
         driver.tick_all(Duration::from_millis(20));
     }
     match driver.node(id).last_close_reason() {
-        Some(ami_proto::CloseReason::Transport(message)) => {
+        Some(CloseReason::Transport(message)) => {
             assert!(message.contains("no such host pbx.invalid"), "{message}")
         }
         other => panic!("{other:?}"),
