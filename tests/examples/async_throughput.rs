@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ami_mio::DriverOptions;
 use ami_proto::Config;
 use ami_tests::asterisk::thread_cpu_time;
 use ami_tests::counting::CountingDriver;
@@ -47,9 +48,13 @@ fn server(events: &[u8], total: u64) -> ReplayServer {
     ReplayServer::start(ReplayConfig::new(events.to_vec(), total)).expect("replay server")
 }
 
-fn run_mio(events: &[u8], total: u64) -> Run {
+fn run_mio(events: &[u8], total: u64, read_budget: usize) -> Run {
     let server = server(events, total);
-    let mut client = CountingDriver::connect(server.addr(), "mio").expect("login");
+    let options = DriverOptions {
+        read_budget,
+        ..DriverOptions::default()
+    };
+    let mut client = CountingDriver::connect_with(server.addr(), "mio", options).expect("login");
     let started = Instant::now();
     let cpu = thread_cpu_time().unwrap_or_default();
     while !client.done() {
@@ -119,10 +124,17 @@ fn main() {
         .unwrap_or(2_000_000);
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/asterisk22-capture.raw");
     let (events, _) = load_capture_events(&fixture).expect("fixture");
-    let mio = run_mio(&events, total);
+    let mio = run_mio(&events, total, DriverOptions::default().read_budget);
+    // The read budget's old default, for comparison in the same run.
+    let mio_1m = run_mio(&events, total, 1024 * 1024);
     let tokio = run_tokio(&events, total);
     mio.print("ami-mio");
+    mio_1m.print("mio 1 MiB");
     tokio.print("ami-tokio");
     assert_eq!(mio.events, total, "mio: every event must arrive");
+    assert_eq!(
+        mio_1m.events, total,
+        "mio (1 MiB budget): every event must arrive"
+    );
     assert_eq!(tokio.events, total, "tokio: every event must arrive");
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use ami_mio::{Driver, Endpoint, ServerId, ServerSpec, WaitError};
+use ami_mio::{Driver, DriverOptions, Endpoint, ServerId, ServerSpec, WaitError};
 use ami_proto::Config;
 
 /// A logged-in driver with one server and a counting listener.
@@ -23,7 +23,16 @@ pub struct CountingDriver {
 impl CountingDriver {
     /// Connects to the replay server at `addr` as server `key` and waits for the login.
     pub fn connect(addr: SocketAddr, key: &str) -> Result<CountingDriver, WaitError> {
-        let mut driver = Driver::new().expect("a poll");
+        CountingDriver::connect_with(addr, key, DriverOptions::default())
+    }
+
+    /// [`CountingDriver::connect`] with driver options of the caller's.
+    pub fn connect_with(
+        addr: SocketAddr,
+        key: &str,
+        options: DriverOptions,
+    ) -> Result<CountingDriver, WaitError> {
+        let mut driver = Driver::with_options(options).expect("a poll");
         let id = driver
             .add_server(ServerSpec::new(
                 Config::new(key, "admin", "secret"),
