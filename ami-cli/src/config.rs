@@ -61,6 +61,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ami_proto::action::EventMask;
@@ -228,12 +229,6 @@ impl FileConfig {
         }
     }
 
-    /// The redactor configured by the `redaction_*` options, for
-    /// [`ami_proto::redact::install`].
-    pub fn redactor(&self) -> Result<Redactor, ConfigError> {
-        self.options.redactor()
-    }
-
     /// The configured server keys, sorted.
     fn server_keys(&self) -> Vec<String> {
         self.servers.keys().cloned().collect()
@@ -341,7 +336,8 @@ impl Default for Options {
 
 impl Options {
     /// The redactor configured by `redaction_keys`, `redaction_key_patterns` and
-    /// `redaction_value_patterns`; an invalid pattern is reported with its key.
+    /// `redaction_value_patterns`; an invalid pattern is reported with its key. Every
+    /// server's [`connection`](ServerSettings::connection) settings carry it.
     pub fn redactor(&self) -> Result<Redactor, ConfigError> {
         Redactor::new(
             &self.redaction_keys,
@@ -1243,10 +1239,16 @@ fn build(raw: RawFile) -> Result<FileConfig, ConfigError> {
             .tick_timeout_ms
             .unwrap_or(ListenSettings::default().tick_timeout_ms),
     };
+    // One policy, shared by the connection settings of every server.
+    let redactor = Arc::new(options.redactor()?);
     let servers = raw
         .servers
         .into_iter()
-        .map(|(key, server)| Ok((key.clone(), build_server(key, server, &options)?)))
+        .map(|(key, server)| {
+            let mut settings = build_server(key.clone(), server, &options)?;
+            settings.connection.redactor = Arc::clone(&redactor);
+            Ok((key, settings))
+        })
         .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
     // `normalize_root` checked that an explicit default names a server.
     let default = match raw.default {
@@ -2152,13 +2154,29 @@ mod tests {
             "{ONE}\n[options]\nredaction_keys = \"Token, ApiKey\"\n\
              redaction_key_patterns = [\"^x-\"]\nredaction_value_patterns = ['tok_[a-z]+']\n"
         );
-        let r = parse_ok(&text).redactor().unwrap();
+        let r = parse_ok(&text).options.redactor().unwrap();
         assert!(r.is_secret_key("token"));
         assert!(r.is_secret_key("APIKEY"));
         assert!(r.is_secret_key("X-Auth"));
         assert!(r.is_secret_key("Secret"));
         assert!(!r.is_secret_key("Channel"));
         assert_eq!(r.redact("Data", "a tok_abc b"), "a ******** b");
+        // Every server's connection settings carry the policy.
+        let file = parse_ok(&format!(
+            "{text}\n[servers.node_2]\nhost = \"127.0.0.2\"\nusername = \"u\"\nsecret = \"s\"\n"
+        ));
+        assert_eq!(file.servers.len(), 2);
+        for settings in file.servers.values() {
+            let r = &settings.connection.redactor;
+            assert!(
+                r.is_secret_key("token") && r.is_secret_key("X-Auth"),
+                "{r:?}"
+            );
+            assert_eq!(r.redact("Data", "a tok_abc b"), "a ******** b");
+        }
+        // Without redaction options: the built-in keys only.
+        let plain = &parse_ok(ONE).servers["node_1"].connection.redactor;
+        assert!(plain.is_secret_key("Secret") && !plain.is_secret_key("token"));
 
         // An invalid pattern is refused when parsing, naming its key.
         let e = parse(
@@ -2218,7 +2236,7 @@ mod tests {
         };
         assert_eq!(config.options, defaults);
         assert_eq!(config.listen, ListenSettings::default());
-        config.redactor().unwrap();
+        config.options.redactor().unwrap();
 
         // The seeds' .env names work through the ${} of the example.
         let env = env_of(&[

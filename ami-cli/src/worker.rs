@@ -17,15 +17,10 @@ pub struct ConfigArg {
 }
 
 impl ConfigArg {
-    /// Loads the file and installs its redaction policy for every log line and `Debug`.
+    /// Loads the file. Its redaction policy travels in each server's connection
+    /// settings, so every connection masks its own logs and errors with it.
     pub fn load(&self) -> Result<FileConfig, CliError> {
-        let file =
-            config::load(self.config.as_deref()).map_err(|e| CliError::Usage(e.to_string()))?;
-        let redactor = file
-            .redactor()
-            .map_err(|e| CliError::Usage(e.to_string()))?;
-        ami_proto::redact::install(redactor);
-        Ok(file)
+        config::load(self.config.as_deref()).map_err(|e| CliError::Usage(e.to_string()))
     }
 }
 

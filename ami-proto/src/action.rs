@@ -62,8 +62,9 @@ pub enum Strategy {
 /// A generic AMI action: name, ordered headers, completion strategy and an
 /// optional timeout.
 ///
-/// `Debug` masks secret values through the process-wide redaction policy
-/// ([`redact::current`]).
+/// `Debug` masks secret values through the built-in redaction policy
+/// ([`Redactor::builtin`](redact::Redactor::builtin)): an action does not know the
+/// connection it will be sent on.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Action {
     name: String,
@@ -201,7 +202,7 @@ impl Action {
 
 impl fmt::Debug for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        /// Shows headers through the redaction policy.
+        /// Shows headers through the built-in redaction policy.
         struct Headers<'a>(&'a [(String, String)]);
         impl fmt::Debug for Headers<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -693,11 +694,11 @@ impl Originate {
 
 impl fmt::Debug for Originate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        /// Variables with secret names (per the redaction policy) masked.
+        /// Variables with secret names (per the built-in redaction policy) masked.
         struct Vars<'a>(&'a [(String, String)]);
         impl fmt::Debug for Vars<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let policy = redact::current();
+                let policy = redact::Redactor::builtin();
                 f.debug_map()
                     .entries(
                         self.0
@@ -909,7 +910,7 @@ impl SetVar {
 
 impl fmt::Debug for SetVar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let policy = redact::current();
+        let policy = redact::Redactor::builtin();
         f.debug_struct("SetVar")
             .field("channel", &self.channel)
             .field("variable", &self.variable)

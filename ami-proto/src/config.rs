@@ -1,10 +1,11 @@
 //! Settings of one connection, with the seeds' defaults (usage guide §3, plan §6–16).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::action::EventMask;
 use crate::parser::Limits;
-use crate::redact::Secret;
+use crate::redact::{Redactor, Secret};
 
 /// How the connection logs in (PROTOCOL-NOTES 8–9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,7 +20,7 @@ pub enum AuthMethod {
 
 /// Everything a [`Connection`](crate::connection::Connection) needs to know.
 ///
-/// `Debug` masks the secret.
+/// `Debug` masks the secret (and shows the redaction policy without any secret value).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Name of the server in logs and ActionIDs (e.g. `node_1`).
@@ -64,6 +65,11 @@ pub struct Config {
     pub priority_events: Vec<String>,
     /// At most one drop warning per this interval (`event_drop_log_interval_ms`, 1 s).
     pub event_drop_log_interval: Duration,
+    /// What the connection masks in its logs, errors and close reasons (`redaction_keys`,
+    /// `redaction_key_patterns`, `redaction_value_patterns`; the built-in keys only by
+    /// default). The connection adds [`secret`](Config::secret)'s value to it by itself
+    /// (see [`redact`](crate::redact)). Shared, so cloning a `Config` is cheap.
+    pub redactor: Arc<Redactor>,
 }
 
 impl Config {
@@ -94,6 +100,7 @@ impl Config {
             blocked_events: Vec::new(),
             priority_events: Vec::new(),
             event_drop_log_interval: Duration::from_millis(1000),
+            redactor: Arc::new(Redactor::default()),
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::error::{ActionError, CloseReason, SendError, Stage};
 use crate::events::{Event, EventCounters, EventQueue, Pushed};
 use crate::message::{Message, MessageKind};
 use crate::parser::{Discard, Parsed, Parser};
+use crate::redact::Redactor;
 use crate::timers::{Timer, TimerTable};
 
 /// What the banner of an Asterisk manager interface starts with.
@@ -135,6 +136,8 @@ pub struct Stats {
 pub struct Connection {
     config: Config,
     server_key: Arc<str>,
+    /// The config's policy plus the configured secret's value.
+    redactor: Arc<Redactor>,
     state: State,
     parser: Parser,
     ids: ActionIds,
@@ -180,6 +183,7 @@ impl Connection {
         timers.set(Timer::Connect, now + config.connect_timeout);
         Connection {
             server_key: Arc::from(config.server_key.as_str()),
+            redactor: Arc::new(config.redactor.as_ref().clone().with_secret(&config.secret)),
             state: State::Connecting,
             parser: Parser::new(config.limits),
             ids: ActionIds::new(&config.server_key, instance, generation),
@@ -214,6 +218,14 @@ impl Connection {
     /// The server key.
     pub fn server_key(&self) -> &Arc<str> {
         &self.server_key
+    }
+
+    /// The redaction policy of this connection: the config's
+    /// [`redactor`](Config::redactor) plus the configured secret's value. Everything
+    /// the connection logs and every error and close reason it returns went through
+    /// it; drivers format server text they log (e.g. an event) with it too.
+    pub fn redactor(&self) -> &Arc<Redactor> {
+        &self.redactor
     }
 
     /// The banner, once received (e.g. `Asterisk Call Manager/11.0.0`).
@@ -344,11 +356,11 @@ impl Connection {
         let result = self.try_send(now, &action);
         match &result {
             Ok(action_id) => {
-                tracing::debug!(server_key = %self.server_key, action_id = %action_id, action = action.name(), "action sent");
+                tracing::debug!(server_key = %self.server_key, action_id = %action_id, action = self.redactor.mask_text(action.name()).as_ref(), "action sent");
             }
             Err(error) => {
                 self.stats.refused += 1;
-                tracing::warn!(server_key = %self.server_key, action = action.name(), %error, "action refused");
+                tracing::warn!(server_key = %self.server_key, action = self.redactor.mask_text(action.name()).as_ref(), error = %self.redactor.mask_text(&error.to_string()), "action refused");
             }
         }
         result
@@ -461,11 +473,9 @@ impl Connection {
         match item {
             Parsed::Banner(text) => self.handle_banner(now, text),
             Parsed::Message(message) if self.state == State::AwaitingBanner => {
-                let first_line = message
-                    .as_str()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
+                let first_line = self
+                    .redactor
+                    .mask_text(message.as_str().lines().next().unwrap_or_default())
                     .chars()
                     .take(80)
                     .collect();
@@ -473,7 +483,7 @@ impl Connection {
             }
             Parsed::Message(message) => {
                 self.stats.messages += 1;
-                tracing::trace!(server_key = %self.server_key, message = ?message, "received");
+                tracing::trace!(server_key = %self.server_key, message = ?self.redactor.message(&message), "received");
                 self.route(now, message);
             }
             Parsed::Discarded(discard) => self.handle_discard(now, discard),
@@ -482,11 +492,11 @@ impl Connection {
 
     fn handle_banner(&mut self, now: Instant, text: String) {
         if self.state != State::AwaitingBanner || !text.starts_with(BANNER_PREFIX) {
-            let first_line = text.chars().take(80).collect();
+            let first_line = self.redactor.mask_text(&text).chars().take(80).collect();
             self.close_with(now, CloseReason::NotAmi { first_line });
             return;
         }
-        tracing::debug!(server_key = %self.server_key, banner = %text, "banner");
+        tracing::debug!(server_key = %self.server_key, banner = %self.redactor.mask_text(&text), "banner");
         self.banner = Some(text);
         self.timers.stop(Timer::Banner);
         self.set_state(State::Authenticating);
@@ -509,7 +519,7 @@ impl Connection {
         self.stats.discarded_bytes += discard.bytes;
         tracing::warn!(
             server_key = %self.server_key,
-            action_id = discard.action_id.as_deref().unwrap_or(""),
+            action_id = self.redactor.mask_text(discard.action_id.as_deref().unwrap_or("")).as_ref(),
             error = %discard.error,
             bytes = discard.bytes,
             "input discarded"
@@ -561,7 +571,7 @@ impl Connection {
                 // a late response or the rest of a list. Counted, never delivered as
                 // if it were news.
                 self.stats.late_replies += 1;
-                tracing::debug!(server_key = %self.server_key, action_id = message.action_id().unwrap_or(""), "late reply dropped");
+                tracing::debug!(server_key = %self.server_key, action_id = self.redactor.mask_text(message.action_id().unwrap_or("")).as_ref(), "late reply dropped");
                 return;
             }
             None => message,
@@ -587,7 +597,7 @@ impl Connection {
             }
         } else {
             self.stats.unmatched += 1;
-            tracing::debug!(server_key = %self.server_key, action_id = message.action_id().unwrap_or(""), "unmatched response");
+            tracing::debug!(server_key = %self.server_key, action_id = self.redactor.mask_text(message.action_id().unwrap_or("")).as_ref(), "unmatched response");
             self.report(Output::Unmatched(message));
         }
     }
@@ -602,6 +612,8 @@ impl Connection {
                     self.stats.failed += 1;
                 }
                 tracing::debug!(server_key = %self.server_key, action_id = %pending.action_id, ok = result.is_ok(), "action completed");
+                // The server's text in an error is returned with the secret masked.
+                let result = result.map_err(|error| self.redactor.mask_error(error));
                 self.outputs.push_back(Output::Completed(Completion {
                     action_id: pending.action_id,
                     sent_at: pending.sent_at,
@@ -751,6 +763,8 @@ impl Connection {
         if self.state == State::Closed {
             return;
         }
+        // Server or transport text in the reason is returned and logged masked.
+        let reason = self.redactor.mask_reason(reason);
         self.timers.stop_all();
         // Closed before `finish` runs, so that internal actions failing here do not
         // try to close again.

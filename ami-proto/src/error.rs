@@ -1,6 +1,8 @@
 //! Typed errors: why a send was refused, why an action failed, why a connection closed.
 //!
-//! Messages never contain secrets: they name keys, limits and states, not values.
+//! Messages never contain secrets: they name keys, limits and states, not values. Text
+//! a server sent (an error response, a banner) is masked by the connection that returns
+//! it, with its own redaction policy and secret ([`redact`](crate::redact)).
 
 use std::time::Duration;
 

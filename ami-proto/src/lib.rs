@@ -79,8 +79,11 @@
 //!   never completes anything.
 //! - Nothing is lost silently: dropped events, discarded input, refused actions and
 //!   unmatched responses are all counted in [`Stats`].
-//! - Secrets (`Secret`, `Password`, `Key` and configured keys or patterns) are masked
-//!   in every `Debug`, log field and error; see [`redact`].
+//! - Secrets are masked in every `Debug`, log field and error. Each connection masks
+//!   with its own policy ([`Config::redactor`]: `Secret`, `Password`, `Key` and the
+//!   configured keys or patterns) plus its own secret value, wherever that appears,
+//!   server text included; `Debug` of actions and messages masks the built-in keys.
+//!   There is no process-wide policy; see [`redact`].
 //! - Logging goes through `tracing` with the fields `server_key`, `action_id` and
 //!   `queue_depth`; without a subscriber it is silent. Frames are logged only at trace
 //!   level, redacted.

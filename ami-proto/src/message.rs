@@ -6,6 +6,7 @@
 //! wire order and wire case; repeated keys (`Variable`, `Output`, `ChanVariable`, ...)
 //! are all kept.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
@@ -147,6 +148,58 @@ impl Message {
         Message::from_parts(&[], &[], Layout::default())
     }
 
+    /// A copy with every header value replaced by `mask(Some(key), value)` and every
+    /// legacy body line by `mask(None, line)`; `None` (and no allocation) when `mask`
+    /// changed nothing. Keys, separators and line endings are kept byte for byte, so
+    /// the copy has the same headers, kind and ActionID as the original.
+    pub(crate) fn map_values<'m>(
+        &'m self,
+        mut mask: impl FnMut(Option<&'m str>, &'m str) -> Cow<'m, str>,
+    ) -> Option<Message> {
+        let headers = self.headers as usize;
+        let key_of = |index: usize, field: Field| {
+            (index < headers).then(|| self.slice(field.key_start, field.key_end))
+        };
+        let changed = self.fields().enumerate().any(|(index, field)| {
+            let value = self.slice(field.value_start, field.value_end);
+            mask(key_of(index, field), value) != value
+        });
+        if !changed {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(self.len as usize + 64);
+        let mut fields = Vec::with_capacity(self.fields().len());
+        // Bytes of the original copied so far.
+        let mut copied = 0;
+        for (index, field) in self.fields().enumerate() {
+            let value = self.slice(field.value_start, field.value_end);
+            let shown = mask(key_of(index, field), value);
+            // The key and separator (and the line ending before them) as they were.
+            let base = bytes.len() as u32;
+            let moved = |offset: u32| base + (offset - copied);
+            bytes.extend_from_slice(&self.buf[copied as usize..field.value_start as usize]);
+            let value_start = bytes.len() as u32;
+            bytes.extend_from_slice(shown.as_bytes());
+            fields.push(Field {
+                key_start: moved(field.key_start),
+                key_end: moved(field.key_end),
+                value_start,
+                value_end: bytes.len() as u32,
+            });
+            copied = field.value_end;
+        }
+        bytes.extend_from_slice(&self.buf[copied as usize..self.len as usize]);
+        let name = Some(self.name_index as usize);
+        let layout = Layout {
+            headers,
+            follows: self.follows,
+            event: name.filter(|_| self.kind == MessageKind::Event),
+            response: name.filter(|_| self.kind == MessageKind::Response),
+            action_id: self.action_id_index.map(|index| index as usize),
+        };
+        Some(Message::from_parts(&bytes, &fields, layout))
+    }
+
     fn slice(&self, start: u32, end: u32) -> &str {
         // Every message buffer is valid UTF-8 and every offset lies on a char
         // boundary (they sit next to ASCII ':' / ' ' / '\n'), so this never fails.
@@ -275,6 +328,9 @@ impl Message {
     }
 }
 
+/// Masks the built-in secret keys ([`Redactor::builtin`](crate::redact::Redactor::builtin));
+/// a connection's own policy is applied with
+/// [`Redactor::message`](crate::redact::Redactor::message).
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         crate::redact::fmt_headers(f, self.headers())
@@ -283,7 +339,80 @@ impl fmt::Debug for Message {
 
 #[cfg(test)]
 mod tests {
-    use super::{Field, Layout, Message};
+    use std::borrow::Cow;
+
+    use super::{Field, Layout, Message, MessageKind};
+    use crate::parser::{Limits, Parsed, Parser};
+
+    /// The one message in `text`.
+    fn parse_one(text: &str) -> Message {
+        let mut parser = Parser::new(Limits::default());
+        let mut items = Vec::new();
+        parser.feed(text.as_bytes(), &mut |item| items.push(item));
+        match <[Parsed; 1]>::try_from(items) {
+            Ok([Parsed::Message(message)]) => message,
+            other => panic!("expected one message: {other:?}"),
+        }
+    }
+
+    /// Masks every `pw` inside values and lines.
+    fn mask_pw<'m>(key: Option<&'m str>, value: &'m str) -> Cow<'m, str> {
+        if key == Some("Secret") {
+            return Cow::Borrowed("*");
+        }
+        match value.contains("pw") {
+            true => Cow::Owned(value.replace("pw", "**")),
+            false => Cow::Borrowed(value),
+        }
+    }
+
+    #[test]
+    fn map_values_keeps_the_shape_and_masks_only_values() {
+        let message = parse_one(
+            "Response: Error\r\nActionID: a-1\r\nMessage: bad pw\r\nSecret: pw\r\n\
+             Output:    indented pw\r\nOutput: Secret: pw\r\n\r\n",
+        );
+        let masked = message.map_values(mask_pw).expect("something masked");
+        assert_eq!(
+            masked.as_str(),
+            "Response: Error\r\nActionID: a-1\r\nMessage: bad **\r\nSecret: *\r\n\
+             Output:    indented **\r\nOutput: Secret: **\r\n"
+        );
+        assert_eq!(masked.kind(), MessageKind::Response);
+        assert_eq!(masked.response(), Some("Error"));
+        assert_eq!(masked.action_id(), Some("a-1"));
+        assert_eq!(masked.get("message"), Some("bad **"));
+        assert_eq!(masked.get("Secret"), Some("*"));
+        assert_eq!(masked.header_count(), message.header_count());
+        assert_eq!(masked.output_lines(), ["   indented **", "Secret: **"]);
+
+        let event = parse_one("Event: Hangup\r\nChannel: pw\r\n\r\n");
+        let masked = event.map_values(mask_pw).unwrap();
+        assert_eq!(masked.event_name(), Some("Hangup"));
+        assert_eq!(masked.get("Channel"), Some("**"));
+
+        // Nothing to mask: no copy.
+        let clean = parse_one("Response: Success\r\nActionID: a-2\r\nPing: Pong\r\n\r\n");
+        assert!(clean.map_values(mask_pw).is_none());
+    }
+
+    #[test]
+    fn map_values_masks_legacy_body_lines() {
+        let message = parse_one(
+            "Response: Follows\r\nPrivilege: Command\r\nActionID: a-3\r\n\
+             user pw\n  pw again\n--END COMMAND--\r\n\r\n",
+        );
+        let masked = message.map_values(mask_pw).unwrap();
+        assert!(masked.is_follows());
+        assert_eq!(masked.action_id(), Some("a-3"));
+        assert_eq!(masked.response(), Some("Follows"));
+        assert_eq!(
+            masked.body_lines().collect::<Vec<_>>(),
+            ["user **", "  ** again"]
+        );
+        assert_eq!(masked.output_lines(), ["user **", "  ** again"]);
+        assert!(!masked.as_str().contains("pw"), "{}", masked.as_str());
+    }
 
     #[test]
     fn field_table_round_trips() {

@@ -7,24 +7,60 @@
 //! * [`Redactor`] decides which header values are sensitive. The built-in keys
 //!   `Secret`, `Password` and `Key` (the MD5 login digest) are always masked;
 //!   drivers can add key names, key patterns and value patterns from their
-//!   configuration.
+//!   configuration, and literal values ([`Redactor::with_secret`]).
 //!
-//! A process-wide policy ([`install`] / [`current`]) lets every `Debug` impl in
-//! the crate (actions, messages) mask the configured keys without threading a
-//! redactor through every call. Drivers install the policy from their
-//! configuration at start-up; until then the built-in default applies.
+//! There is no process-wide policy. Each connection's policy travels in its
+//! [`Config::redactor`](crate::config::Config::redactor); the connection adds its
+//! own secret value to it ([`Connection::redactor`](crate::connection::Connection::redactor))
+//! and masks with it everything it logs and every error and close reason it
+//! returns, including text the server sent. `Debug` impls that cannot reach a
+//! connection (actions, messages) mask with the built-in policy
+//! ([`Redactor::builtin`]), which is a plain `static`: no lock, no allocation.
+//!
+//! # Masking the client's own secret
+//!
+//! A secret value of at least [`MIN_MASKED_VALUE_LEN`] characters is masked
+//! wherever it occurs: in any header value and in free text (error messages,
+//! close reasons, banners), every occurrence replaced by [`MASK`], case-sensitively.
+//! A shorter secret would mask unrelated text (a one-letter secret would
+//! hit most words), so it is masked only where the key says it is a secret
+//! (`Secret`, `Password`, `Key`, configured keys), as every value of those keys
+//! is.
+//!
+//! What a connection masks with its policy: every header value and text it logs,
+//! the text of every [`CloseReason`] (`AuthenticationFailed`, `NotAmi`,
+//! `Transport`) and of every [`ActionError::Rejected`] it returns, the `message`
+//! and a masked copy of the `response` alike. Successful replies, events and
+//! unmatched responses are the application's data and are returned as received;
+//! their `Debug` masks the built-in keys.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
+use memchr::memmem::Finder;
 use regex_lite::{Regex, RegexBuilder};
+
+use crate::error::{ActionError, CloseReason};
+use crate::message::Message;
 
 /// The text shown in place of a masked value.
 pub const MASK: &str = "********";
 
 /// Header keys that are always treated as secret (compared case-insensitively).
 const BUILTIN_SECRET_KEYS: [&str; 3] = ["Secret", "Password", "Key"];
+
+/// Shortest secret value, in characters, that [`Redactor::with_secret`] masks inside
+/// any value or text. Shorter secrets are masked only under secret keys.
+pub const MIN_MASKED_VALUE_LEN: usize = 4;
+
+/// The built-in policy: the built-in keys only. A `static`, so reading it costs
+/// nothing.
+static BUILTIN: Redactor = Redactor {
+    keys: Vec::new(),
+    key_patterns: Vec::new(),
+    value_patterns: Vec::new(),
+    values: Vec::new(),
+};
 
 /// A credential (AMI secret, password) that prints as [`MASK`].
 ///
@@ -88,11 +124,15 @@ pub enum RedactError {
 /// * Extra key names match case-insensitively and exactly.
 /// * Key patterns match anywhere in the key, case-insensitively.
 /// * Value patterns mask every (non-empty) match inside any value.
+/// * Secret values ([`with_secret`](Redactor::with_secret)) mask every occurrence
+///   inside any value or text.
 ///
 /// Variable assignments (`Variable: NAME=value`, `ChanVariable(..): NAME=value`)
 /// are masked after the `=` when `NAME` is itself a secret key, because
 /// dialplan variables often carry credentials.
-#[derive(Debug, Clone, Default)]
+///
+/// `Debug` shows the keys and patterns, and only how many secret values there are.
+#[derive(Clone, Default)]
 pub struct Redactor {
     /// Extra secret key names, compared with `eq_ignore_ascii_case`.
     keys: Vec<String>,
@@ -100,6 +140,20 @@ pub struct Redactor {
     key_patterns: Vec<Regex>,
     /// Compiled value patterns, applied to every value.
     value_patterns: Vec<Regex>,
+    /// Literal secret values (each at least [`MIN_MASKED_VALUE_LEN`] characters),
+    /// masked wherever they occur.
+    values: Vec<Finder<'static>>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redactor")
+            .field("keys", &self.keys)
+            .field("key_patterns", &self.key_patterns)
+            .field("value_patterns", &self.value_patterns)
+            .field("secret_values", &self.values.len())
+            .finish()
+    }
 }
 
 impl Redactor {
@@ -124,7 +178,57 @@ impl Redactor {
             keys,
             key_patterns,
             value_patterns,
+            values: Vec::new(),
         })
+    }
+
+    /// The built-in policy (keys `Secret`, `Password`, `Key`), used where no
+    /// connection's policy can be reached, e.g. the `Debug` of a [`Message`] or an
+    /// [`Action`](crate::action::Action). A `static`: no lock, no allocation.
+    pub fn builtin() -> &'static Redactor {
+        &BUILTIN
+    }
+
+    /// This policy plus `secret`'s value, masked wherever it occurs in any value
+    /// or text. A value shorter than [`MIN_MASKED_VALUE_LEN`] characters is not
+    /// added (it would mask unrelated text); it stays masked under secret keys.
+    ///
+    /// [`Connection::new`](crate::connection::Connection::new) does this with the
+    /// configured secret; call it for other credentials the server may echo.
+    pub fn with_secret(mut self, secret: &Secret) -> Redactor {
+        let value = secret.expose();
+        let known = self.values.iter().any(|f| f.needle() == value.as_bytes());
+        if value.chars().count() >= MIN_MASKED_VALUE_LEN && !known {
+            self.values.push(Finder::new(value).into_owned());
+        }
+        self
+    }
+
+    /// Whether [`with_secret`](Redactor::with_secret) added at least one value.
+    pub fn has_secret_values(&self) -> bool {
+        !self.values.is_empty()
+    }
+
+    /// Returns free text (an error message, a banner, a reason) as it may be
+    /// shown: every occurrence of a secret value and every value pattern match
+    /// masked. Borrows, without allocating, when nothing needed masking.
+    pub fn mask_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut text = Cow::Borrowed(text);
+        for finder in &self.values {
+            if let Some(masked) = mask_literal(finder, &text) {
+                text = Cow::Owned(masked);
+            }
+        }
+        self.apply_value_patterns(text)
+    }
+
+    /// `message` formatted for `Debug` through this policy, e.g. for a log line:
+    /// `tracing::trace!(message = ?redactor.message(&message))`.
+    pub fn message<'a>(&'a self, message: &'a Message) -> RedactedMessage<'a> {
+        RedactedMessage {
+            redactor: self,
+            message,
+        }
     }
 
     /// Whether the whole value of header `key` must be masked.
@@ -137,8 +241,8 @@ impl Redactor {
     }
 
     /// Returns `value` as it may be shown for header `key`: fully masked for
-    /// a secret key, otherwise with secret variable assignments and value
-    /// pattern matches masked. Borrows when nothing needed masking.
+    /// a secret key, otherwise with secret variable assignments, secret values
+    /// and value pattern matches masked. Borrows when nothing needed masking.
     pub fn redact<'a>(&self, key: &str, value: &'a str) -> Cow<'a, str> {
         if self.is_secret_key(key) {
             return Cow::Borrowed(MASK);
@@ -148,7 +252,10 @@ impl Redactor {
         } else {
             Cow::Borrowed(value)
         };
-        self.apply_value_patterns(value)
+        match value {
+            Cow::Borrowed(value) => self.mask_text(value),
+            Cow::Owned(value) => Cow::Owned(self.mask_text(&value).into_owned()),
+        }
     }
 
     /// Returns the value of dialplan variable `name` as it may be shown:
@@ -158,12 +265,12 @@ impl Redactor {
         if self.is_secret_key(name.trim()) {
             Cow::Borrowed(MASK)
         } else {
-            self.apply_value_patterns(Cow::Borrowed(value))
+            self.mask_text(value)
         }
     }
 
     /// Writes `headers` as a debug map with every value redacted by this
-    /// redactor. See [`fmt_headers`] for the global-policy version.
+    /// redactor. See [`fmt_headers`] for the built-in policy.
     ///
     /// Besides per-header masking, a `Variable` header naming a secret
     /// variable without `=` (as in `SetVar` actions and `VarSet` events)
@@ -222,6 +329,97 @@ impl Redactor {
         }
         value
     }
+
+    /// Masks `text` in place; no allocation when nothing needed masking.
+    fn mask_string(&self, text: &mut String) {
+        if let Cow::Owned(masked) = self.mask_text(text) {
+            *text = masked;
+        }
+    }
+
+    /// `reason` with the server's (or transport's) text in it masked.
+    pub(crate) fn mask_reason(&self, mut reason: CloseReason) -> CloseReason {
+        match &mut reason {
+            CloseReason::NotAmi { first_line: text }
+            | CloseReason::AuthenticationFailed { message: text }
+            | CloseReason::Transport(text) => self.mask_string(text),
+            CloseReason::Graceful
+            | CloseReason::LogoffTimeout
+            | CloseReason::ConnectTimeout
+            | CloseReason::BannerTimeout
+            | CloseReason::LoginTimeout
+            | CloseReason::HeartbeatTimeout { .. }
+            | CloseReason::PeerClosed => {}
+        }
+        reason
+    }
+
+    /// A copy of `message` with every header value redacted as in
+    /// [`redact`](Redactor::redact) and every legacy body line as in
+    /// [`mask_text`](Redactor::mask_text); `None` when nothing needed masking.
+    pub(crate) fn mask_message(&self, message: &Message) -> Option<Message> {
+        message.map_values(|key, value| match key {
+            Some(key) => self.redact(key, value),
+            None => self.mask_text(value),
+        })
+    }
+
+    /// `error` with the server's text in it masked: the message of an error
+    /// response and the response itself (a masked copy when anything in it
+    /// needed masking).
+    pub(crate) fn mask_error(&self, error: ActionError) -> ActionError {
+        match error {
+            ActionError::Rejected {
+                mut message,
+                response,
+            } => {
+                self.mask_string(&mut message);
+                let response = match self.mask_message(&response) {
+                    Some(masked) => Box::new(masked),
+                    None => response,
+                };
+                ActionError::Rejected { message, response }
+            }
+            ActionError::ConnectionClosed { reason } => ActionError::ConnectionClosed {
+                reason: self.mask_reason(reason),
+            },
+            other @ (ActionError::Timeout { .. }
+            | ActionError::ListTooLong { .. }
+            | ActionError::Discarded(_)) => other,
+        }
+    }
+}
+
+/// `Debug` of a [`Message`] through a given [`Redactor`]; from
+/// [`Redactor::message`].
+#[derive(Clone, Copy)]
+pub struct RedactedMessage<'a> {
+    redactor: &'a Redactor,
+    message: &'a Message,
+}
+
+impl fmt::Debug for RedactedMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.redactor.fmt_headers(f, self.message.headers())
+    }
+}
+
+/// Returns `text` with every occurrence of `finder`'s needle replaced by [`MASK`],
+/// or `None` when there is none.
+fn mask_literal(finder: &Finder<'_>, text: &str) -> Option<String> {
+    let mut found = finder.find_iter(text.as_bytes()).peekable();
+    found.peek()?;
+    let len = finder.needle().len();
+    let mut out = String::with_capacity(text.len() + MASK.len());
+    let mut last = 0;
+    for start in found {
+        // The needle is UTF-8, so a match starts and ends on char boundaries.
+        out.push_str(text.get(last..start).unwrap_or_default());
+        out.push_str(MASK);
+        last = start + len;
+    }
+    out.push_str(text.get(last..).unwrap_or_default());
+    Some(out)
 }
 
 /// Compiles one configured pattern.
@@ -262,37 +460,14 @@ fn is_variable_key(key: &str) -> bool {
             .is_some_and(|prefix| prefix.eq_ignore_ascii_case(CHAN_VARIABLE))
 }
 
-/// The process-wide policy read by `Debug`/`Display` impls.
-static POLICY: LazyLock<RwLock<Arc<Redactor>>> =
-    LazyLock::new(|| RwLock::new(Arc::new(Redactor::default())));
-
-/// Replaces the process-wide redaction policy.
-///
-/// Drivers call this once at start-up with the redactor built from their
-/// configuration (`redaction_keys`, `redaction_key_patterns`,
-/// `redaction_value_patterns`). Thread safe; formatting already in progress
-/// keeps the policy it started with.
-pub fn install(redactor: Redactor) {
-    // A poisoned lock still holds a complete Arc (the write is a single
-    // assignment), so recovering the guard is safe.
-    let mut policy = POLICY.write().unwrap_or_else(PoisonError::into_inner);
-    *policy = Arc::new(redactor);
-}
-
-/// The current process-wide policy: the built-in default until [`install`]
-/// is called.
-pub fn current() -> Arc<Redactor> {
-    Arc::clone(&POLICY.read().unwrap_or_else(PoisonError::into_inner))
-}
-
-/// Writes `headers` as a debug map with values redacted through the
-/// process-wide policy ([`current`]). Meant to be called from `Debug` impls of
-/// types that hold AMI headers.
+/// Writes `headers` as a debug map with values redacted through the built-in
+/// policy ([`Redactor::builtin`]). Meant to be called from `Debug` impls of
+/// types that hold AMI headers and cannot reach a connection's policy.
 pub fn fmt_headers<'a>(
     f: &mut fmt::Formatter<'_>,
     headers: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> fmt::Result {
-    current().fmt_headers(f, headers)
+    BUILTIN.fmt_headers(f, headers)
 }
 
 #[cfg(test)]
@@ -308,10 +483,10 @@ mod tests {
         }
     }
 
-    /// Formats headers through the global policy.
-    struct Global(Vec<(&'static str, &'static str)>);
+    /// Formats headers through the built-in policy.
+    struct Builtin(Vec<(&'static str, &'static str)>);
 
-    impl fmt::Debug for Global {
+    impl fmt::Debug for Builtin {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             fmt_headers(f, self.0.iter().copied())
         }
@@ -452,24 +627,192 @@ mod tests {
     }
 
     #[test]
-    fn install_replaces_the_global_policy() {
-        // Unique names so that tests running in parallel are unaffected.
-        let headers = || Global(vec![("ZzInstallTestKey", "zz-value"), ("Secret", "s3")]);
-        let before = format!("{:?}", headers());
+    fn redactors_are_independent_values() {
+        // Two policies side by side: each masks its own key, not the other's, and
+        // the built-in one (used by `Debug` impls without a connection) neither.
+        let a = Redactor::new(["X-Token"], NONE, NONE).unwrap();
+        let b = Redactor::new(["X-Other"], NONE, NONE).unwrap();
+        let headers = || {
+            vec![
+                ("X-Token", "token-value"),
+                ("X-Other", "other-value"),
+                ("Secret", "s3"),
+            ]
+        };
+        let shown_a = format!("{:?}", With(&a, headers()));
+        let shown_b = format!("{:?}", With(&b, headers()));
+        let shown_builtin = format!("{:?}", Builtin(headers()));
         assert!(
-            before.contains("zz-value") && !before.contains("s3"),
-            "{before}"
+            !shown_a.contains("token-value") && shown_a.contains("other-value"),
+            "{shown_a}"
+        );
+        assert!(
+            shown_b.contains("token-value") && !shown_b.contains("other-value"),
+            "{shown_b}"
+        );
+        assert!(
+            shown_builtin.contains("token-value") && shown_builtin.contains("other-value"),
+            "{shown_builtin}"
+        );
+        for shown in [shown_a, shown_b, shown_builtin] {
+            assert!(!shown.contains("s3"), "{shown}");
+        }
+        assert!(Redactor::builtin().is_secret_key("Password"));
+        assert!(!Redactor::builtin().is_secret_key("X-Token"));
+    }
+
+    #[test]
+    fn secret_values_are_masked_in_values_and_text() {
+        let r = Redactor::default().with_secret(&Secret::new("hunter2"));
+        assert!(r.has_secret_values());
+        assert_eq!(
+            r.mask_text("hunter2 is hunter2, not Hunter2"),
+            format!("{MASK} is {MASK}, not Hunter2")
+        );
+        assert_eq!(r.redact("Message", "bad hunter2"), format!("bad {MASK}"));
+        assert_eq!(r.redact_variable("LEAD", "xhunter2x"), format!("x{MASK}x"));
+        // After a secret assignment everything is masked; before it, the value is.
+        assert_eq!(
+            r.redact("Variable", "A=hunter2,PASSWORD=x"),
+            format!("A={MASK},PASSWORD={MASK}")
+        );
+        // Nothing to mask: borrowed, no allocation.
+        assert!(matches!(
+            r.mask_text("clean text"),
+            Cow::Borrowed("clean text")
+        ));
+        assert!(matches!(r.mask_text(""), Cow::Borrowed("")));
+        assert!(matches!(
+            r.redact("Data", "hunter"),
+            Cow::Borrowed("hunter")
+        ));
+        // Multi-byte text around the match stays intact.
+        let r = Redactor::default().with_secret(&Secret::new("pässwörd"));
+        assert_eq!(r.mask_text("é pässwörd ü"), format!("é {MASK} ü"));
+        // Value patterns apply to free text too.
+        let r = Redactor::new(NONE, NONE, ["tok_[a-z]+"])
+            .unwrap()
+            .with_secret(&Secret::new("hunter2"));
+        assert_eq!(r.mask_text("tok_abc hunter2"), format!("{MASK} {MASK}"));
+        // `Debug` never shows a secret value.
+        let shown = format!("{r:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("secret_values: 1"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn short_secret_values_are_masked_only_under_secret_keys() {
+        for short in ["", "a", "ab", "abc", "äöü"] {
+            let r = Redactor::default().with_secret(&Secret::new(short));
+            assert!(!r.has_secret_values(), "{short:?}");
+            assert!(matches!(r.mask_text("a b abc äöü"), Cow::Borrowed(_)));
+            assert_eq!(r.redact("Secret", short), MASK);
+        }
+        let r = Redactor::default().with_secret(&Secret::new("abcd"));
+        assert!(r.has_secret_values());
+        assert_eq!(r.mask_text("xabcdx abc"), format!("x{MASK}x abc"));
+        // Adding the same value twice keeps one.
+        let r = r.with_secret(&Secret::new("abcd"));
+        assert!(format!("{r:?}").contains("secret_values: 1"));
+    }
+
+    #[test]
+    fn masked_errors_and_reasons_hide_the_secret_value() {
+        use crate::parser::{Limits, Parsed, Parser};
+
+        let r = Redactor::default().with_secret(&Secret::new("hunter2"));
+        let reason = r.mask_reason(CloseReason::AuthenticationFailed {
+            message: "no hunter2".into(),
+        });
+        assert_eq!(
+            reason,
+            CloseReason::AuthenticationFailed {
+                message: format!("no {MASK}")
+            }
+        );
+        assert_eq!(
+            r.mask_reason(CloseReason::Transport("hunter2".into())),
+            CloseReason::Transport(MASK.into())
+        );
+        assert_eq!(
+            r.mask_reason(CloseReason::NotAmi {
+                first_line: "hunter2!".into()
+            }),
+            CloseReason::NotAmi {
+                first_line: format!("{MASK}!")
+            }
+        );
+        assert_eq!(
+            r.mask_reason(CloseReason::PeerClosed),
+            CloseReason::PeerClosed
         );
 
-        install(Redactor::new(["ZzInstallTestKey"], NONE, NONE).unwrap());
-        let after = format!("{:?}", headers());
-        install(Redactor::default());
-
-        assert!(
-            !after.contains("zz-value") && !after.contains("s3"),
-            "{after}"
+        let mut parsed = Vec::new();
+        Parser::new(Limits::default()).feed(
+            b"Response: Error\r\nActionID: a-1\r\nMessage: bad hunter2\r\nX: hunter2hunter2\r\n\r\n",
+            &mut |item| parsed.push(item),
         );
-        assert!(current().is_secret_key("Password"));
-        assert!(!current().is_secret_key("ZzInstallTestKey"));
+        let [Parsed::Message(response)] = <[Parsed; 1]>::try_from(parsed).unwrap() else {
+            panic!("one message");
+        };
+        let error = r.mask_error(ActionError::Rejected {
+            message: "bad hunter2".into(),
+            response: Box::new(response.clone()),
+        });
+        let ActionError::Rejected {
+            message,
+            response: masked,
+        } = &error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!(message, &format!("bad {MASK}"));
+        assert_eq!(masked.get("Message"), Some(message.as_str()));
+        assert_eq!(masked.get("X"), Some(format!("{MASK}{MASK}").as_str()));
+        assert_eq!(masked.action_id(), Some("a-1"));
+        assert_eq!(masked.response(), Some("Error"));
+        assert!(!format!("{error:?}").contains("hunter2"));
+
+        // Nothing to mask: the response is the very same message.
+        let clean = Redactor::default().mask_error(ActionError::Rejected {
+            message: "bad hunter2".into(),
+            response: Box::new(response.clone()),
+        });
+        assert!(
+            matches!(&clean, ActionError::Rejected { response: kept, .. } if **kept == response)
+        );
+
+        // The connection's keys are masked in the response handed back, too.
+        let with_token = Redactor::new(["X-Token"], NONE, NONE).unwrap();
+        let mut parsed = Vec::new();
+        Parser::new(Limits::default()).feed(
+            b"Response: Error\r\nMessage: no\r\nX-Token: tok\r\nSecret: s\r\n\r\n",
+            &mut |item| parsed.push(item),
+        );
+        let [Parsed::Message(response)] = <[Parsed; 1]>::try_from(parsed).unwrap() else {
+            panic!("one message");
+        };
+        let error = with_token.mask_error(ActionError::Rejected {
+            message: "no".into(),
+            response: Box::new(response),
+        });
+        let ActionError::Rejected { response, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(response.get("X-Token"), Some(MASK));
+        assert_eq!(response.get("Secret"), Some(MASK));
+        assert_eq!(response.get("Message"), Some("no"));
+
+        let closed = r.mask_error(ActionError::ConnectionClosed {
+            reason: CloseReason::Transport("hunter2".into()),
+        });
+        assert_eq!(
+            closed,
+            ActionError::ConnectionClosed {
+                reason: CloseReason::Transport(MASK.into())
+            }
+        );
     }
 }
