@@ -31,7 +31,7 @@ use crate::error::{ActionError, CloseReason, SendError, Stage};
 use crate::events::{Event, EventCounters, EventQueue, Pushed};
 use crate::message::{Message, MessageKind};
 use crate::parser::{Discard, Parsed, Parser};
-use crate::timers::{Timer, TimerTable};
+use crate::timers::{self, Timer, TimerTable};
 
 /// What the banner of an Asterisk manager interface starts with.
 const BANNER_PREFIX: &str = "Asterisk Call Manager/";
@@ -149,6 +149,8 @@ pub struct Connection {
     transmitted: usize,
     timers: TimerTable,
     heartbeat_misses: u32,
+    /// The counter of the last heartbeat `Ping` sent.
+    heartbeat: Option<u64>,
     banner: Option<String>,
     logged_in_at: Option<Instant>,
     close_reason: Option<CloseReason>,
@@ -177,7 +179,7 @@ impl Connection {
     /// this server. Both go into every ActionID, so that no two connections share one.
     pub fn new(config: Config, instance: u32, generation: u64, now: Instant) -> Self {
         let mut timers = TimerTable::default();
-        timers.set(Timer::Connect, now + config.connect_timeout);
+        timers.arm(Timer::Connect, now, config.connect_timeout);
         Connection {
             server_key: Arc::from(config.server_key.as_str()),
             state: State::Connecting,
@@ -196,6 +198,7 @@ impl Connection {
             transmitted: 0,
             timers,
             heartbeat_misses: 0,
+            heartbeat: None,
             banner: None,
             logged_in_at: None,
             close_reason: None,
@@ -276,7 +279,7 @@ impl Connection {
         }
         self.timers.stop(Timer::Connect);
         self.timers
-            .set(Timer::Banner, now + self.config.read_timeout);
+            .arm(Timer::Banner, now, self.config.read_timeout);
         self.set_state(State::AwaitingBanner);
     }
 
@@ -324,7 +327,19 @@ impl Connection {
                 Timer::Heartbeat => {
                     self.arm_heartbeat(now);
                     let timeout = self.config.heartbeat_timeout;
-                    self.send_internal(now, action::Ping.into(), Purpose::Heartbeat, timeout);
+                    // A heartbeat without a deadline never misses: while one is still
+                    // unanswered, more would only pile up in the registry.
+                    let unanswered = self
+                        .heartbeat
+                        .is_some_and(|counter| self.registry.contains(counter));
+                    if !(unanswered && timers::deadline(now, timeout).is_none()) {
+                        self.heartbeat = self.send_internal(
+                            now,
+                            action::Ping.into(),
+                            Purpose::Heartbeat,
+                            timeout,
+                        );
+                    }
                 }
             }
         }
@@ -499,7 +514,7 @@ impl Connection {
                 self.send_internal(now, login.into(), Purpose::Login, timeout);
             }
             AuthMethod::Md5 => {
-                self.send_internal(now, action::Challenge.into(), Purpose::Challenge, timeout)
+                self.send_internal(now, action::Challenge.into(), Purpose::Challenge, timeout);
             }
         }
     }
@@ -670,11 +685,12 @@ impl Connection {
         }
     }
 
-    /// Schedules the next heartbeat; an interval of zero disables heartbeats.
+    /// Schedules the next heartbeat; an interval of zero disables heartbeats, and so
+    /// does one too long for a deadline (no deadline: never due).
     fn arm_heartbeat(&mut self, now: Instant) {
         if !self.config.heartbeat_interval.is_zero() {
             self.timers
-                .set(Timer::Heartbeat, now + self.config.heartbeat_interval);
+                .arm(Timer::Heartbeat, now, self.config.heartbeat_interval);
         }
     }
 
@@ -688,15 +704,26 @@ impl Connection {
     }
 
     /// Writes an action of the connection's own; internal actions are few and small,
-    /// so they bypass the limits that protect against the application.
-    fn send_internal(&mut self, now: Instant, action: Action, purpose: Purpose, timeout: Duration) {
+    /// so they bypass the limits that protect against the application. Returns its
+    /// counter, or `None` when it could not be encoded (the connection then closed).
+    fn send_internal(
+        &mut self,
+        now: Instant,
+        action: Action,
+        purpose: Purpose,
+        timeout: Duration,
+    ) -> Option<u64> {
         let (counter, action_id) = self.ids.next_id();
         match action.encode(&action_id, &mut self.transmit) {
-            Ok(()) => self.register(now, counter, action_id, &action, purpose, timeout),
+            Ok(()) => {
+                self.register(now, counter, action_id, &action, purpose, timeout);
+                Some(counter)
+            }
             // Only a username with CR/LF (or over 1000 bytes) gets here: login cannot work.
             Err(error) => {
                 let message = format!("cannot encode {}: {error}", action.name());
                 self.close_with(now, CloseReason::AuthenticationFailed { message });
+                None
             }
         }
     }
@@ -718,7 +745,7 @@ impl Connection {
                 strategy: action.strategy(),
                 stage: Stage::Response,
                 sent_at: now,
-                deadline: now + timeout,
+                deadline: timers::deadline(now, timeout),
                 timeout,
                 response: None,
                 events: Vec::new(),

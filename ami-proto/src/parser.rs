@@ -28,15 +28,61 @@
 
 use memchr::memchr;
 
+use crate::error::ConfigError;
 use crate::message::{Field, Layout, Message};
+
+/// The largest limit the parser can honour: it records where each header lies in its
+/// message as `u32` offsets, so no message may be longer than `u32::MAX` bytes. A
+/// larger limit is refused by [`Limits::validate`] and lowered to this by
+/// [`Parser::new`].
+pub const MAX_LIMIT: usize = u32::MAX as usize;
 
 /// Size limits of the parser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest message accepted, in bytes, counting line ends (default 64 KiB).
+    /// Largest message accepted, in bytes, counting line ends (default 64 KiB; at least
+    /// 1 and at most [`MAX_LIMIT`]).
     pub max_frame_size: usize,
-    /// Largest command response accepted, in bytes (default 1 MiB, plan §8).
+    /// Largest command response accepted, in bytes (default 1 MiB, plan §8; at least
+    /// `max_frame_size` and at most [`MAX_LIMIT`]).
     pub max_command_output: usize,
+}
+
+impl Limits {
+    /// Checks that the limits can work: a frame limit of at least one byte, a command
+    /// output limit no smaller than the frame limit (a command response starts as an
+    /// ordinary message and may only grow from there), and neither above
+    /// [`MAX_LIMIT`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_frame_size == 0 {
+            return Err(ConfigError::ZeroMaxFrameSize);
+        }
+        if self.max_frame_size > MAX_LIMIT {
+            return Err(ConfigError::MaxFrameSizeTooLarge {
+                size: self.max_frame_size,
+            });
+        }
+        if self.max_command_output > MAX_LIMIT {
+            return Err(ConfigError::MaxCommandOutputTooLarge {
+                size: self.max_command_output,
+            });
+        }
+        if self.max_command_output < self.max_frame_size {
+            return Err(ConfigError::MaxCommandOutputBelowFrameSize {
+                max_command_output: self.max_command_output,
+                max_frame_size: self.max_frame_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The limits with each lowered to [`MAX_LIMIT`] at most.
+    fn clamped(self) -> Limits {
+        Limits {
+            max_frame_size: self.max_frame_size.min(MAX_LIMIT),
+            max_command_output: self.max_command_output.min(MAX_LIMIT),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -190,7 +236,12 @@ impl std::fmt::Debug for Parser {
 
 impl Parser {
     /// A parser at the start of a stream (the first line may be a banner).
+    ///
+    /// It never panics, whatever the limits: each is lowered to [`MAX_LIMIT`] at most
+    /// (check them first with [`Limits::validate`]); a frame limit of zero discards
+    /// every message.
     pub fn new(limits: Limits) -> Self {
+        let limits = limits.clamped();
         Parser {
             limits,
             mode: Mode::Start,
@@ -206,7 +257,7 @@ impl Parser {
         }
     }
 
-    /// The limits in force.
+    /// The limits in force (each lowered to [`MAX_LIMIT`] at most).
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -286,7 +337,11 @@ impl Parser {
     /// ends, the rest of the input is parsed in place. Never more are held than the
     /// message's limit plus one byte: past that it is discarded anyway.
     fn extend_held(&mut self, data: &[u8], emit: &mut impl FnMut(Parsed)) -> usize {
-        let room = (self.limit + 1).saturating_sub(self.buf.len()).max(1);
+        let room = self
+            .limit
+            .saturating_add(1)
+            .saturating_sub(self.buf.len())
+            .max(1);
         let now = &data[..room.min(data.len())];
         // The held bytes hold no `\n` past `line_start` (that line would have been
         // handled), so only the new bytes are searched.
@@ -692,8 +747,8 @@ fn reparse_lossy(bytes: &[u8], follows: bool) -> Message {
         text.push_str("\r\n");
     }
     let limits = Limits {
-        max_frame_size: usize::MAX - 1,
-        max_command_output: usize::MAX - 1,
+        max_frame_size: MAX_LIMIT,
+        max_command_output: MAX_LIMIT,
     };
     let mut parser = Parser::new(limits);
     parser.mode = Mode::Headers;

@@ -2049,3 +2049,146 @@ fn broadcast_carrying_our_completed_action_id_is_still_an_event() {
     assert_eq!(event_names(&outputs), ["UserEvent"]);
     assert_eq!(h.conn.stats().late_replies, 0);
 }
+
+// ---------------------------------------------------------------------------
+// No panic from any setting: a deadline that overflows means no deadline
+// ---------------------------------------------------------------------------
+
+/// A configuration without heartbeats, so that `poll_timeout` shows only the timers
+/// under test.
+fn no_heartbeat_config() -> ami_proto::Config {
+    let mut cfg = config();
+    cfg.heartbeat_interval = Duration::ZERO;
+    cfg
+}
+
+#[test]
+fn action_timeout_too_long_for_a_deadline_means_the_action_never_times_out() {
+    let mut h = Harness::logged_in(no_heartbeat_config());
+    let id = h
+        .conn
+        .send(h.now, Action::new("Ping").with_timeout(Duration::MAX))
+        .unwrap();
+    assert_eq!(h.conn.poll_timeout(), None, "no deadline is armed");
+    h.advance(365 * 24 * 3600 * SEC);
+    assert_eq!(h.outputs(), [], "it never times out by itself");
+    assert_eq!(h.conn.pending_actions(), 1);
+    h.reply(&success(&id, "Ping: Pong\r\n"));
+    assert!(h.one_completion().result.is_ok());
+}
+
+#[test]
+fn list_and_originate_deadlines_that_overflow_mean_no_deadline() {
+    let mut h = Harness::logged_in(no_heartbeat_config());
+    // Each list item restarts the deadline: that addition overflows too.
+    let list = h
+        .conn
+        .send(
+            h.now,
+            Action::from(action::QueueStatus::default()).with_timeout(Duration::MAX),
+        )
+        .unwrap();
+    h.reply(&success(&list, "EventList: start\r\n"));
+    h.reply(&list_item("QueueMember", &list, ""));
+    assert_eq!(h.conn.poll_timeout(), None);
+    // An answer timeout of Duration::MAX makes the OriginateResponse wait overflow.
+    let orig = h
+        .conn
+        .send(h.now, originate().with_timeout(Duration::MAX))
+        .unwrap();
+    h.reply(&success(
+        &orig,
+        "Message: Originate successfully queued\r\n",
+    ));
+    assert_eq!(h.conn.poll_timeout(), None);
+    h.advance(365 * 24 * 3600 * SEC);
+    assert_eq!(h.conn.pending_actions(), 2);
+    h.reply(&list_complete("QueueStatusComplete", &list, 1));
+    h.reply(&originate_response(&orig, "Success", 4));
+    let outputs = h.outputs();
+    let done = completions(&outputs);
+    assert_eq!(done.len(), 2, "{outputs:?}");
+    assert!(done.iter().all(|d| d.result.is_ok()), "{done:?}");
+}
+
+#[test]
+fn connection_timers_that_overflow_are_not_armed() {
+    let mut cfg = config();
+    cfg.connect_timeout = Duration::MAX;
+    cfg.read_timeout = Duration::MAX;
+    cfg.action_timeout = Duration::MAX;
+    cfg.heartbeat_interval = Duration::MAX;
+    cfg.heartbeat_timeout = Duration::MAX;
+    cfg.close_timeout = Duration::MAX;
+    let mut h = Harness::new(cfg);
+    assert_eq!(h.conn.poll_timeout(), None, "connect");
+    h.conn.handle_connected(h.now);
+    assert_eq!(h.conn.poll_timeout(), None, "banner");
+    h.reply(BANNER);
+    assert_eq!(h.conn.poll_timeout(), None, "login");
+    let login = h.written_actions()[0].id.clone();
+    h.reply(&success(&login, ""));
+    assert_eq!(h.conn.state(), State::Healthy);
+    assert_eq!(h.conn.poll_timeout(), None, "heartbeat");
+    h.conn.send(h.now, action::Ping).unwrap();
+    assert_eq!(h.conn.poll_timeout(), None, "action_timeout");
+    h.conn.close(h.now);
+    assert_eq!(h.conn.state(), State::Closing);
+    assert_eq!(h.conn.poll_timeout(), None, "close");
+    h.conn.handle_eof(h.now);
+    assert_eq!(h.conn.close_reason(), Some(&CloseReason::Graceful));
+}
+
+/// A heartbeat whose `Pong` deadline overflows never misses; while one is unanswered,
+/// another would only pile up in the registry (one per interval, without a bound).
+#[test]
+fn heartbeats_without_a_deadline_do_not_pile_up() {
+    let mut cfg = config();
+    cfg.heartbeat_timeout = Duration::MAX;
+    let mut h = Harness::logged_in(cfg);
+    for _ in 0..5 {
+        h.advance(15 * SEC);
+    }
+    assert_eq!(h.action_ids_of("Ping").len(), 1, "one unanswered heartbeat");
+    assert_eq!(h.conn.state(), State::Healthy);
+    let ping = h.action_ids_of("Ping")[0].clone();
+    h.reply(&success(&ping, "Ping: Pong\r\n"));
+    h.advance(15 * SEC);
+    assert_eq!(
+        h.action_ids_of("Ping").len(),
+        2,
+        "answered: the next one goes"
+    );
+}
+
+#[test]
+fn invalid_settings_never_panic() {
+    let mut cfg = config();
+    cfg.server_key = String::new();
+    cfg.connect_timeout = Duration::ZERO;
+    cfg.read_timeout = Duration::ZERO;
+    cfg.action_timeout = Duration::ZERO;
+    cfg.heartbeat_timeout = Duration::ZERO;
+    cfg.heartbeat_max_misses = 0;
+    cfg.close_timeout = Duration::ZERO;
+    cfg.max_pending_actions = 0;
+    cfg.max_list_items = 0;
+    cfg.event_queue_capacity = 0;
+    cfg.write_buffer_limit = 0;
+    cfg.limits = Limits {
+        max_frame_size: usize::MAX,
+        max_command_output: 0,
+    };
+    assert!(cfg.validate().is_err());
+    let mut h = Harness::new(cfg);
+    h.conn.handle_connected(h.now);
+    h.reply(BANNER);
+    // Held across inputs: the parser's limit arithmetic runs.
+    h.reply("Response: Success\r\nActionID: x\r\n");
+    h.reply("\r\nEvent: A\r\n");
+    h.reply("\r\n");
+    h.advance(SEC);
+    assert!(h.conn.send(h.now, action::Ping).is_err());
+    h.conn.handle_eof(h.now);
+    assert_eq!(h.conn.state(), State::Closed);
+}
