@@ -296,6 +296,7 @@ impl Connection {
         let mut parser = std::mem::replace(&mut self.parser, Parser::new(self.config.limits));
         parser.feed(data, &mut |item| self.handle_parsed(now, item));
         self.parser = parser;
+        self.fail_discarded_reply(now);
     }
 
     /// The server closed the connection (end of stream).
@@ -516,6 +517,27 @@ impl Connection {
             AuthMethod::Md5 => {
                 self.send_internal(now, action::Challenge.into(), Purpose::Challenge, timeout);
             }
+        }
+    }
+
+    /// The parser is skipping a message that named one of our actions (e.g. command
+    /// output over its limit): that reply is lost, so the action fails now, not when the
+    /// rest of the message has passed (a large output takes a while, and the deadline
+    /// may run out first). The discard's report still comes when it ends.
+    fn fail_discarded_reply(&mut self, now: Instant) {
+        let Some(discard) = self.parser.discard_in_progress() else {
+            return;
+        };
+        let Some(counter) = discard
+            .action_id
+            .as_deref()
+            .and_then(|id| self.ids.counter_of(id))
+        else {
+            return;
+        };
+        let error = ActionError::Discarded(discard.error.clone());
+        if let Some(pending) = self.registry.remove(counter) {
+            self.finish(now, pending, Err(error));
         }
     }
 

@@ -974,6 +974,120 @@ fn command_output_too_large_is_discarded_and_fails_the_action() {
     assert!(h.one_completion().result.is_ok());
 }
 
+/// Output past the command output limit (1 MiB by default) fails the action as soon as
+/// the limit is passed, at that `now`, not at the deadline (30 s) nor when the rest of
+/// the output has passed; the rest is skipped and what follows parses normally.
+#[test]
+fn command_output_over_the_limit_fails_the_action_at_once() {
+    let mut h = Harness::logged_in(quiet_config());
+    let id = h
+        .conn
+        .send(h.now, action::Command::new("core show channels"))
+        .unwrap();
+    let sent_at = h.now;
+    h.advance(SEC);
+    let line = format!("Output: {}\r\n", "x".repeat(90));
+    let head = success(&id, "Message: Command output follows\r\n");
+    let head = &head[..head.len() - 2]; // not ended yet
+    let mut text = head.to_owned();
+    while text.len() <= 1024 * 1024 {
+        text.push_str(&line);
+    }
+    for piece in text.as_bytes().chunks(64 * 1024) {
+        h.reply_bytes(piece);
+    }
+    let limit = Limits::default().max_command_output;
+    let error = ParseError::OutputTooLarge { limit };
+    assert_eq!(
+        h.outputs(),
+        [Output::Completed(ami_proto::Completion {
+            action_id: id.clone(),
+            sent_at,
+            completed_at: h.now,
+            result: Err(ActionError::Discarded(error.clone())),
+        })],
+        "completed when the limit was passed"
+    );
+    assert_eq!(h.conn.pending_actions(), 0);
+    // More output, a second later, then the end of the message and what follows.
+    h.advance(SEC);
+    let rest = format!("{line}{line}\r\n");
+    h.reply(&rest);
+    h.reply("Event: Hangup\r\nPrivilege: call,all\r\nChannel: PJSIP/100\r\n\r\n");
+    let ping = h.conn.send(h.now, action::Ping).unwrap();
+    h.reply(&success(&ping, "Ping: Pong\r\n"));
+    let outputs = h.outputs();
+    let total = (text.len() + rest.len()) as u64;
+    assert_eq!(
+        outputs[0],
+        Output::Discarded(Discard {
+            error,
+            bytes: total,
+            action_id: Some(id),
+        })
+    );
+    assert_eq!(event_names(&outputs), ["Hangup"]);
+    let done = completions(&outputs);
+    assert_eq!(done.len(), 1, "only the Ping: {outputs:?}");
+    assert!(done[0].result.is_ok());
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    assert_eq!(h.conn.stats().discards, 1);
+}
+
+/// A legacy `Follows` response over the limit fails its action at once too, and the
+/// rest of its body is skipped up to `--END COMMAND--`: its blank lines and
+/// `Key: value`-looking lines never come out as messages or further discards.
+#[test]
+fn legacy_follows_output_over_the_limit_is_skipped_up_to_its_sentinel() {
+    let mut cfg = quiet_config();
+    cfg.limits = Limits {
+        max_frame_size: 128,
+        max_command_output: 512,
+    };
+    let mut h = Harness::logged_in(cfg);
+    let id = h
+        .conn
+        .send(h.now, action::Command::new("core show help"))
+        .unwrap();
+    let mut text = format!("Response: Follows\r\nPrivilege: Command\r\nActionID: {id}\r\n");
+    for i in 0..40 {
+        text.push_str(&format!("Key{i}: looks like a header\n\n"));
+    }
+    assert!(text.len() > 512);
+    text.push_str("last line--END COMMAND--\r\n\r\n");
+    let after = "Event: Hangup\r\nPrivilege: call,all\r\n\r\n";
+    // In pieces that cut the sentinel line too.
+    let all = format!("{text}{after}");
+    for piece in all.as_bytes().chunks(7) {
+        h.reply_bytes(piece);
+    }
+    let outputs = h.outputs();
+    let error = ParseError::OutputTooLarge { limit: 512 };
+    assert_eq!(
+        failure(completions(&outputs)[0]),
+        &ActionError::Discarded(error.clone())
+    );
+    let discards: Vec<&Discard> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Discarded(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        discards,
+        [&Discard {
+            error,
+            // Up to the end of the sentinel line; the blank line after it is skipped.
+            bytes: (text.len() - 2) as u64,
+            action_id: Some(id),
+        }]
+    );
+    assert!(unmatched(&outputs).is_empty(), "{outputs:?}");
+    assert_eq!(event_names(&outputs), ["Hangup"]);
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+}
+
 // ---------------------------------------------------------------------------
 // 10: async Originate
 // ---------------------------------------------------------------------------
