@@ -716,11 +716,17 @@ impl Connection {
         }
     }
 
+    /// Closes after the login (or its challenge) failed, with a reason for each cause.
     fn login_failed(&mut self, now: Instant, error: ActionError) {
         let reason = match error {
             ActionError::Rejected { message, .. } => CloseReason::AuthenticationFailed { message },
+            ActionError::Timeout { .. } => CloseReason::LoginTimeout,
             ActionError::ConnectionClosed { reason } => reason,
-            _ => CloseReason::LoginTimeout,
+            error @ (ActionError::Discarded(_) | ActionError::ListTooLong { .. }) => {
+                CloseReason::LoginFailed {
+                    error: Box::new(error),
+                }
+            }
         };
         self.close_with(now, reason);
     }
@@ -741,10 +747,11 @@ impl Connection {
                 self.register(now, counter, action_id, &action, purpose, timeout);
                 Some(counter)
             }
-            // Only a username with CR/LF (or over 1000 bytes) gets here: login cannot work.
+            // Only a login with CR/LF (or a line over 1000 bytes) in the username, the
+            // secret or an event class gets here: it cannot work.
             Err(error) => {
-                let message = format!("cannot encode {}: {error}", action.name());
-                self.close_with(now, CloseReason::AuthenticationFailed { message });
+                let action = action.name().to_owned();
+                self.close_with(now, CloseReason::Unencodable { action, error });
                 None
             }
         }
@@ -782,7 +789,26 @@ impl Connection {
             return;
         }
         self.queued_reports += 1;
-        self.outputs.push_back(output);
+        if self.state == State::Closed {
+            // The input it reports closed the connection (a discarded login reply):
+            // it goes before the close, which stays the very last output.
+            let at = self
+                .outputs
+                .iter()
+                .rposition(|o| {
+                    matches!(
+                        o,
+                        Output::StateChanged {
+                            to: State::Closed,
+                            ..
+                        }
+                    )
+                })
+                .unwrap_or(self.outputs.len());
+            self.outputs.insert(at, output);
+        } else {
+            self.outputs.push_back(output);
+        }
     }
 
     fn set_state(&mut self, to: State) {

@@ -229,9 +229,30 @@ pub enum CloseReason {
         /// The `Message:` of the error response.
         message: String,
     },
-    /// Login (or its MD5 challenge) was not answered in time.
+    /// Login (or its MD5 challenge) was not answered in time. Only a deadline that ran
+    /// out gives this reason.
     #[error("login not answered in time")]
     LoginTimeout,
+    /// The answer to the login (or to its MD5 challenge) came but could not be used:
+    /// the parser discarded it (`ActionError::Discarded`, e.g. a reply larger than the
+    /// frame limit) or it was an event list past `max_list_items`
+    /// (`ActionError::ListTooLong`). Neither a refusal nor a timeout.
+    #[error("login failed: {error}")]
+    LoginFailed {
+        /// How the login action failed.
+        error: Box<ActionError>,
+    },
+    /// An action the connection writes by itself could not be encoded, so the session
+    /// cannot go on; nothing of it was written. In practice only the `Login`: a CR or
+    /// LF (or an over-long line) in the username, the secret or an event class, which
+    /// [`Config::validate`](crate::config::Config::validate) reports beforehand.
+    #[error("cannot encode {action}: {error}")]
+    Unencodable {
+        /// The action (`Login`).
+        action: String,
+        /// Why the encoder refused it (names the header, never its value).
+        error: EncodeError,
+    },
     /// Too many heartbeat `Ping`s in a row went unanswered.
     #[error("{misses} heartbeats in a row went unanswered")]
     HeartbeatTimeout {

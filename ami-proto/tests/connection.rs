@@ -294,6 +294,85 @@ fn md5_login_timeout_after_challenge_closes() {
     );
 }
 
+/// A login answer the parser had to discard is not a timeout: the connection closes
+/// at once, saying what happened.
+#[test]
+fn login_reply_discarded_closes_as_login_failed_not_timeout() {
+    let mut cfg = config();
+    cfg.limits = Limits {
+        max_frame_size: 128,
+        max_command_output: 1024,
+    };
+    let mut h = Harness::with_banner(cfg);
+    let login = h.written_actions()[0].id.clone();
+    h.outputs();
+    h.reply(&success(
+        &login,
+        &format!("Message: {}\r\n", "x".repeat(200)),
+    ));
+    let outputs = h.outputs();
+    assert!(
+        matches!(outputs[outputs.len() - 3], Output::Discarded(_)),
+        "the report comes before the close: {outputs:?}"
+    );
+    assert_eq!(
+        outputs.last(),
+        Some(&Output::Closed(CloseReason::LoginFailed {
+            error: Box::new(ActionError::Discarded(ParseError::FrameTooLarge {
+                limit: 128
+            })),
+        }))
+    );
+    assert_eq!(h.conn.state(), State::Closed);
+}
+
+#[test]
+fn md5_challenge_reply_discarded_closes_as_login_failed() {
+    let mut cfg = config();
+    cfg.auth = AuthMethod::Md5;
+    cfg.limits = Limits {
+        max_frame_size: 128,
+        max_command_output: 1024,
+    };
+    let mut h = Harness::with_banner(cfg);
+    let cid = h.written_actions()[0].id.clone();
+    h.outputs();
+    h.reply(&format!(
+        "Response: Success\r\nActionID: {cid}\r\nChallenge: {}\r\n\r\n",
+        "9".repeat(200)
+    ));
+    assert!(
+        matches!(
+            h.outputs().last(),
+            Some(Output::Closed(CloseReason::LoginFailed { error }))
+                if matches!(**error, ActionError::Discarded(ParseError::FrameTooLarge { .. }))
+        ),
+        "closed as login failed"
+    );
+}
+
+#[test]
+fn login_answered_with_an_overlong_list_closes_as_login_failed() {
+    let mut cfg = config();
+    cfg.max_list_items = 1;
+    let mut h = Harness::with_banner(cfg);
+    let login = h.written_actions()[0].id.clone();
+    h.outputs();
+    h.reply(&success(&login, "EventList: start\r\n"));
+    h.reply(&list_item("Item", &login, ""));
+    h.reply(&list_item("Item", &login, ""));
+    h.reply(&list_complete("ItemComplete", &login, 2));
+    assert_eq!(
+        h.outputs().last(),
+        Some(&Output::Closed(CloseReason::LoginFailed {
+            error: Box::new(ActionError::ListTooLong {
+                limit: 1,
+                received: 2
+            }),
+        }))
+    );
+}
+
 #[test]
 fn non_ami_banner_closes_as_not_ami() {
     let cases = [
@@ -1856,14 +1935,19 @@ fn secret_with_line_break_cannot_log_in_and_is_not_written() {
     let mut h = Harness::with_banner(cfg);
     assert_eq!(h.written(), "");
     let outputs = h.outputs();
-    assert!(
-        matches!(
-            outputs.last(),
-            Some(Output::Closed(CloseReason::AuthenticationFailed { .. }))
-        ),
+    // Not an authentication failure: the server never saw a login.
+    assert_eq!(
+        outputs.last(),
+        Some(&Output::Closed(CloseReason::Unencodable {
+            action: "Login".into(),
+            error: action::EncodeError::HeaderInjection {
+                key: "Secret".into()
+            },
+        })),
         "{outputs:?}"
     );
     assert!(!format!("{outputs:?}").contains(SECRET));
+    assert!(!h.conn.close_reason().unwrap().to_string().contains(SECRET));
 }
 
 // ---------------------------------------------------------------------------
