@@ -86,10 +86,6 @@ pub const TICK_TIMEOUT_ENV: &str = "AMI_LISTEN_TICK_TIMEOUT_MS";
 /// (PROTOCOL-NOTES 7), so `options.max_action_id_length` may not exceed it.
 pub const MAX_ACTION_ID_LENGTH: usize = 64;
 
-/// Longest duration any `*_timeout`, interval or cooldown key accepts (one day):
-/// larger values would overflow deadline arithmetic and are surely mistakes.
-const MAX_SECONDS: f64 = 86_400.0;
-
 /// Largest value of a millisecond key (one day).
 const MAX_MILLIS: i64 = 86_400_000;
 
@@ -180,6 +176,17 @@ pub enum ConfigError {
     NoDefault {
         /// The configured keys, sorted.
         known: Vec<String>,
+    },
+    /// The connection settings of a server cannot work: the core's
+    /// [`Config::validate`] refused them (e.g. a frame limit above what the parser
+    /// can honour, or a command output limit below the frame limit).
+    #[error("{key}: {source}")]
+    Unworkable {
+        /// Full path of the key that set the refused value, e.g.
+        /// `options.max_frame_size` or `servers.node_1.read_timeout`.
+        key: String,
+        /// What the core refused.
+        source: ami_proto::ConfigError,
     },
     /// A redaction pattern is not a valid regular expression.
     #[error("{key}: invalid regular expression {pattern:?}: {message}")]
@@ -482,8 +489,9 @@ enum Kind {
     Int { min: i64, max: i64 },
     /// Like `Int`, but an empty string means "not set".
     OptInt { min: i64, max: i64 },
-    /// Seconds as an integer or decimal number (or a string holding one), at
-    /// most [`MAX_SECONDS`]; zero only when `zero_ok`. Normalized to a float.
+    /// Seconds as an integer or decimal number (or a string holding one) that
+    /// fits a `Duration`; zero only when `zero_ok`. Normalized to a float. A
+    /// duration too long for a deadline means no deadline (the core's rule).
     Secs { zero_ok: bool },
     /// Names: an array of strings, or one comma-separated string.
     Names,
@@ -512,12 +520,8 @@ impl Kind {
                     format!("an integer {min}..={max}")
                 }
             }
-            Kind::Secs { zero_ok: false } => {
-                format!("a number of seconds > 0 and <= {MAX_SECONDS}")
-            }
-            Kind::Secs { zero_ok: true } => {
-                format!("a number of seconds >= 0 and <= {MAX_SECONDS} (0 disables)")
-            }
+            Kind::Secs { zero_ok: false } => "a number of seconds > 0".to_owned(),
+            Kind::Secs { zero_ok: true } => "a number of seconds >= 0 (0 disables)".to_owned(),
             Kind::Names => "an array of names or a comma-separated string".to_owned(),
             Kind::Patterns => "an array of non-empty strings".to_owned(),
             Kind::Events => {
@@ -899,12 +903,7 @@ fn normalize(
             };
             let ok = |s: f64| {
                 s.is_finite()
-                    && s <= MAX_SECONDS
-                    && if zero_ok {
-                        s >= 0.0
-                    } else {
-                        Duration::try_from_secs_f64(s).is_ok_and(|d| !d.is_zero())
-                    }
+                    && Duration::try_from_secs_f64(s).is_ok_and(|d| zero_ok || !d.is_zero())
             };
             match secs {
                 Some(s) if ok(s) => Value::Float(s),
@@ -1414,6 +1413,26 @@ fn build_server(
     connection.blocked_events = options.blocked_events.clone();
     connection.priority_events = options.priority_events.clone();
     connection.event_drop_log_interval = options.event_drop_log_interval;
+    connection.validate().map_err(|source| {
+        // The key that set the refused value: the server's own, or `[options]`.
+        let own = match source.setting() {
+            "connect_timeout" => raw.connect_timeout.map(|_| "connect_timeout"),
+            "read_timeout" | "action_timeout" => raw.read_timeout.map(|_| "read_timeout"),
+            "write_buffer_limit" => raw.write_buffer_limit.map(|_| "write_buffer_limit"),
+            setting @ ("username" | "secret" | "events") => Some(setting),
+            _ => None,
+        };
+        let key = match (source.setting(), own) {
+            ("server_key", _) => path.clone(),
+            (_, Some(own)) => join(&path, own),
+            ("action_timeout", None) => "options.read_timeout".to_owned(),
+            (setting, None) => {
+                let setting = setting.strip_prefix("limits.").unwrap_or(setting);
+                format!("options.{setting}")
+            }
+        };
+        ConfigError::Unworkable { key, source }
+    })?;
 
     Ok(ServerSettings {
         key,
@@ -1926,7 +1945,7 @@ mod tests {
                 "options.heartbeat_interval: expected a number of seconds >= 0",
             ),
             (
-                "circuit_cooldown = 1e9",
+                "circuit_cooldown = 1e300",
                 "options.circuit_cooldown: expected a number of seconds > 0",
             ),
             (
@@ -2004,6 +2023,59 @@ mod tests {
         assert_eq!(
             parse_ok(&one_with(r#"tls_ca = """#)).servers["node_1"].tls_ca,
             None
+        );
+    }
+
+    /// Long durations are no longer capped (one too long for a deadline means no
+    /// deadline in the core); settings that cannot work are refused by the core's
+    /// `Config::validate`, and the error names the key that set them.
+    #[test]
+    fn the_core_validates_the_connection_settings_and_the_error_names_the_key() {
+        let config = parse_ok(&format!(
+            "{ONE}\n[options]\ncircuit_cooldown = 1e9\nheartbeat_interval = 1e12\nread_timeout = 1e15\n"
+        ));
+        assert_eq!(
+            config.options.circuit_cooldown,
+            Duration::from_secs(1_000_000_000)
+        );
+        let c = &config.server("node_1").unwrap().connection;
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(1_000_000_000_000));
+        assert_eq!(c.action_timeout, Duration::from_secs(1_000_000_000_000_000));
+
+        let e = parse(
+            &format!("{ONE}\n[options]\nmax_frame_size = 5000000000\n"),
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ConfigError::Unworkable {
+                    key,
+                    source: ami_proto::ConfigError::MaxFrameSizeTooLarge { size: 5_000_000_000 },
+                } if key == "options.max_frame_size"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("options.max_frame_size: limits.max_frame_size is 5000000000 bytes"),
+            "{e}"
+        );
+        let e = parse(
+            &format!("{ONE}\n[options]\nmax_command_output = 100\n"),
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ConfigError::Unworkable {
+                    key,
+                    source: ami_proto::ConfigError::MaxCommandOutputBelowFrameSize { .. },
+                } if key == "options.max_command_output"
+            ),
+            "{e:?}"
         );
     }
 

@@ -7,6 +7,10 @@
 //! server rejecting our credentials is not hammered either.
 //!
 //! Every state change is returned as a [`Transition`] so callers can log it and count it.
+//!
+//! A cooldown so long that `now + cooldown` does not fit in an `Instant` (e.g.
+//! `Duration::MAX`) means **no deadline**, as everywhere in the workspace: the cooldown
+//! never ends, `until` is `None`, and an opened circuit stays open.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +20,8 @@ use std::time::{Duration, Instant};
 pub struct CircuitConfig {
     /// Consecutive failures that open the circuit (default 5; at least 1).
     pub failure_threshold: u32,
-    /// How long the circuit stays open (default 30 s).
+    /// How long the circuit stays open (default 30 s; one too long for a deadline
+    /// keeps it open for good).
     pub cooldown: Duration,
     /// Attempts admitted while half-open (default 1; at least 1).
     pub half_open_max_probes: u32,
@@ -39,8 +44,9 @@ pub enum CircuitState {
     Closed,
     /// No attempt is allowed before `until`.
     Open {
-        /// When the cooldown ends.
-        until: Instant,
+        /// When the cooldown ends; `None` when it never does (the cooldown is too long
+        /// for a deadline).
+        until: Option<Instant>,
     },
     /// The cooldown has passed; a limited number of probe attempts are allowed.
     HalfOpen,
@@ -51,8 +57,8 @@ pub enum CircuitState {
 pub enum Transition {
     /// Closed → Open: the failure threshold was reached.
     Opened {
-        /// When the cooldown ends.
-        until: Instant,
+        /// When the cooldown ends (`None`: never).
+        until: Option<Instant>,
         /// The consecutive failures that opened it.
         consecutive_failures: u32,
     },
@@ -60,8 +66,8 @@ pub enum Transition {
     HalfOpened,
     /// HalfOpen → Open: a probe failed.
     Reopened {
-        /// When the new cooldown ends.
-        until: Instant,
+        /// When the new cooldown ends (`None`: never).
+        until: Option<Instant>,
     },
     /// HalfOpen → Closed: a probe succeeded.
     Closed,
@@ -70,7 +76,7 @@ pub enum Transition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Inner {
     Closed,
-    Open { until: Instant },
+    Open { until: Option<Instant> },
     HalfOpen { probes_admitted: u32 },
 }
 
@@ -117,7 +123,9 @@ impl CircuitBreaker {
     pub fn state(&self, now: Instant) -> CircuitState {
         match self.inner {
             Inner::Closed => CircuitState::Closed,
-            Inner::Open { until } if now < until => CircuitState::Open { until },
+            Inner::Open { until } if until.is_none_or(|until| now < until) => {
+                CircuitState::Open { until }
+            }
             Inner::Open { .. } | Inner::HalfOpen { .. } => CircuitState::HalfOpen,
         }
     }
@@ -127,7 +135,7 @@ impl CircuitBreaker {
     /// to log the transition.
     pub fn advance(&mut self, now: Instant) -> Option<Transition> {
         match self.inner {
-            Inner::Open { until } if now >= until => {
+            Inner::Open { until: Some(until) } if now >= until => {
                 self.inner = Inner::HalfOpen { probes_admitted: 0 };
                 Some(Transition::HalfOpened)
             }
@@ -174,7 +182,7 @@ impl CircuitBreaker {
     pub fn record_failure(&mut self, now: Instant) -> Option<Transition> {
         self.advance(now);
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        let until = now + self.config.cooldown;
+        let until = now.checked_add(self.config.cooldown);
         match self.inner {
             Inner::Closed if self.consecutive_failures >= self.config.failure_threshold => {
                 self.inner = Inner::Open { until };
@@ -214,7 +222,7 @@ mod tests {
         assert_eq!(
             cb.record_failure(t0),
             Some(Transition::Opened {
-                until: t0 + COOLDOWN,
+                until: Some(t0 + COOLDOWN),
                 consecutive_failures: 5
             })
         );
@@ -228,7 +236,7 @@ mod tests {
         assert_eq!(
             cb.state(t0),
             CircuitState::Open {
-                until: t0 + COOLDOWN
+                until: Some(t0 + COOLDOWN)
             }
         );
     }
@@ -308,7 +316,7 @@ mod tests {
         assert_eq!(
             cb.record_failure(t1),
             Some(Transition::Reopened {
-                until: t1 + COOLDOWN
+                until: Some(t1 + COOLDOWN)
             })
         );
         assert!(!cb.allow_attempt(t1 + Duration::from_secs(1)));
@@ -324,6 +332,27 @@ mod tests {
         let mut cb = open_at(t0);
         // A success reported after the cooldown is treated as the probe's success.
         assert_eq!(cb.record_success(t0 + COOLDOWN), Some(Transition::Closed));
+    }
+
+    #[test]
+    fn a_cooldown_too_long_for_a_deadline_keeps_the_circuit_open() {
+        let t0 = t0();
+        let mut cb = CircuitBreaker::new(CircuitConfig {
+            failure_threshold: 1,
+            cooldown: Duration::MAX,
+            half_open_max_probes: 1,
+        });
+        assert_eq!(
+            cb.record_failure(t0),
+            Some(Transition::Opened {
+                until: None,
+                consecutive_failures: 1
+            })
+        );
+        let later = t0 + Duration::from_secs(10 * 365 * 24 * 3600);
+        assert_eq!(cb.state(later), CircuitState::Open { until: None });
+        assert_eq!(cb.advance(later), None);
+        assert!(!cb.allow_attempt(later));
     }
 
     #[test]

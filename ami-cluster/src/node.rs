@@ -44,6 +44,8 @@ pub struct Policy {
     /// success (10 s). A server that accepts the login and then drops the session
     /// sooner is flapping: the loss counts as a failed attempt, so the backoff keeps
     /// growing and the circuit can open, instead of a reconnect every few hundred ms.
+    /// A duration too long for a deadline (e.g. `Duration::MAX`) means no deadline: a
+    /// session never counts as stable, and every loss counts as a failed attempt.
     pub stable_after: Duration,
 }
 
@@ -116,8 +118,11 @@ pub struct Node {
     /// The current connection's login was accounted for.
     login_seen: bool,
     /// When the current session counts as stable (its login a success); `None` before
-    /// the login and once it was counted.
+    /// the login, once it was counted, and when `stable_after` overflows the deadline.
     stable_at: Option<Instant>,
+    /// The current session logged in and has not counted as stable yet (with
+    /// `stable_at` `None`, it never will).
+    awaiting_stable: bool,
     stable_after: Duration,
     /// The current connection's close was accounted for.
     close_seen: bool,
@@ -148,6 +153,7 @@ impl Node {
             transport_pending: false,
             login_seen: false,
             stable_at: None,
+            awaiting_stable: false,
             stable_after: policy.stable_after,
             close_seen: false,
             last_close: None,
@@ -424,6 +430,7 @@ impl Node {
         ));
         self.login_seen = false;
         self.stable_at = None;
+        self.awaiting_stable = false;
         self.close_seen = false;
         self.session_action_ids.clear();
         self.transport_pending = true;
@@ -439,7 +446,8 @@ impl Node {
                 if let Some(at) = conn.logged_in_at() {
                     self.login_seen = true;
                     self.counters.established += 1;
-                    self.stable_at = Some(at + self.stable_after);
+                    self.stable_at = at.checked_add(self.stable_after);
+                    self.awaiting_stable = true;
                     for action in &self.session_actions {
                         match conn.send(now, action.clone()) {
                             Ok(id) => self.session_action_ids.push(id),
@@ -454,13 +462,15 @@ impl Node {
             let closed = conn.state() == State::Closed;
             if let Some(at) = self.stable_at.filter(|at| !closed && now >= *at) {
                 self.stable_at = None;
+                self.awaiting_stable = false;
                 self.reconnector.on_connected(at);
             }
             if closed && !self.close_seen {
                 self.close_seen = true;
                 let reason = conn.close_reason().cloned();
                 self.last_close = reason.clone();
-                let flapped = self.stable_at.take().is_some();
+                self.stable_at = None;
+                let flapped = std::mem::take(&mut self.awaiting_stable);
                 if self.mode == Mode::Running {
                     if self.login_seen && flapped {
                         self.counters.lost += 1;
@@ -469,7 +479,9 @@ impl Node {
                     } else if self.login_seen {
                         self.counters.lost += 1;
                         let at = self.reconnector.on_disconnected(now, &mut self.rng);
-                        tracing::warn!(server_key = %self.config.server_key, reason = ?reason, retry_in_ms = (at - now).as_millis() as u64, "session lost; reconnecting");
+                        let retry_in_ms =
+                            at.map(|at| at.saturating_duration_since(now).as_millis() as u64);
+                        tracing::warn!(server_key = %self.config.server_key, reason = ?reason, ?retry_in_ms, "session lost; reconnecting");
                     } else {
                         self.counters.failures += 1;
                         let decision = self.reconnector.on_connect_failed(now, &mut self.rng);

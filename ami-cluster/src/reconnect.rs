@@ -8,6 +8,10 @@
 //! and the next attempt is a single half-open probe after the cooldown, itself
 //! jittered by up to [`PROBE_JITTER`] so that circuits that opened together do not
 //! probe together.
+//!
+//! Every scheduled instant is computed with `checked_add`; one that overflows an
+//! `Instant` means **no deadline** (as in the core): nothing is scheduled, and no
+//! attempt is made until [`Reconnector::request_attempt`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -27,11 +31,13 @@ const MAX_PENDING_TRANSITIONS: usize = 8;
 /// What to do after a failed connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Try again at this instant (now plus a backoff delay).
-    RetryAt(Instant),
+    /// Try again at this instant (now plus a backoff delay); `None` when that instant
+    /// overflows (no deadline: nothing is scheduled).
+    RetryAt(Option<Instant>),
     /// The circuit is open until this instant; the half-open probe is scheduled at
-    /// [`Reconnector::next_attempt`], at most [`PROBE_JITTER`] later.
-    CircuitOpenUntil(Instant),
+    /// [`Reconnector::next_attempt`], at most [`PROBE_JITTER`] later. `None` when the
+    /// cooldown never ends (too long for a deadline): no probe is scheduled.
+    CircuitOpenUntil(Option<Instant>),
 }
 
 /// The reconnect state of one server.
@@ -64,22 +70,24 @@ impl Reconnector {
         match self.circuit.state(now) {
             CircuitState::Open { until } => {
                 let jitter = rng.range_inclusive(0, PROBE_JITTER.as_millis() as u64);
-                self.next_attempt = Some(until + Duration::from_millis(jitter));
+                self.next_attempt =
+                    until.and_then(|until| until.checked_add(Duration::from_millis(jitter)));
                 Decision::CircuitOpenUntil(until)
             }
             CircuitState::Closed | CircuitState::HalfOpen => {
-                let at = now + self.backoff.next_delay(rng);
-                self.next_attempt = Some(at);
+                let at = now.checked_add(self.backoff.next_delay(rng));
+                self.next_attempt = at;
                 Decision::RetryAt(at)
             }
         }
     }
 
     /// A connection was lost after it had been established: schedules a reconnect
-    /// after a backoff delay (not counted as a circuit failure) and returns its time.
-    pub fn on_disconnected(&mut self, now: Instant, rng: &mut Rng) -> Instant {
-        let at = now + self.backoff.next_delay(rng);
-        self.next_attempt = Some(at);
+    /// after a backoff delay (not counted as a circuit failure) and returns its time
+    /// (`None` when it overflows: nothing is scheduled).
+    pub fn on_disconnected(&mut self, now: Instant, rng: &mut Rng) -> Option<Instant> {
+        let at = now.checked_add(self.backoff.next_delay(rng));
+        self.next_attempt = at;
         at
     }
 
@@ -192,7 +200,7 @@ mod tests {
         let mut r = Reconnector::default();
         let mut now = t0;
         for _ in 0..4 {
-            let Decision::RetryAt(at) = r.on_connect_failed(now, &mut rng) else {
+            let Decision::RetryAt(Some(at)) = r.on_connect_failed(now, &mut rng) else {
                 panic!("circuit opened too early");
             };
             assert!((MIN_DELAY..=MAX_DELAY).contains(&(at - now)));
@@ -207,7 +215,7 @@ mod tests {
         let until = now + Duration::from_secs(30);
         assert_eq!(
             r.on_connect_failed(now, &mut rng),
-            Decision::CircuitOpenUntil(until)
+            Decision::CircuitOpenUntil(Some(until))
         );
         assert_eq!(r.status(now), RetryStatus::CircuitOpen);
         assert_eq!(Health::from_parts(None, r.status(now)), Health::CircuitOpen);
@@ -226,7 +234,7 @@ mod tests {
         // The probe fails: reopened.
         assert_eq!(
             r.on_connect_failed(probe, &mut rng),
-            Decision::CircuitOpenUntil(probe + Duration::from_secs(30))
+            Decision::CircuitOpenUntil(Some(probe + Duration::from_secs(30)))
         );
         let transitions: Vec<Transition> = r.drain_transitions().collect();
         assert!(matches!(
@@ -242,7 +250,7 @@ mod tests {
         let transitions: Vec<Transition> = r.drain_transitions().collect();
         assert_eq!(transitions, [Transition::HalfOpened, Transition::Closed]);
         assert_eq!(r.attempts(), 6);
-        let Decision::RetryAt(at) = r.on_connect_failed(probe, &mut rng) else {
+        let Decision::RetryAt(Some(at)) = r.on_connect_failed(probe, &mut rng) else {
             panic!("a single failure after closing must not reopen");
         };
         assert!(at - probe <= Duration::from_secs(1), "backoff was reset");
@@ -258,7 +266,7 @@ mod tests {
         }
         r.on_connected(t0);
         assert_eq!(r.circuit().consecutive_failures(), 0);
-        let lost = r.on_disconnected(t0, &mut rng);
+        let lost = r.on_disconnected(t0, &mut rng).unwrap();
         assert!((MIN_DELAY..=Duration::from_secs(1)).contains(&(lost - t0)));
         assert_eq!(
             r.circuit().consecutive_failures(),
@@ -297,13 +305,14 @@ mod tests {
             attempts.push(at);
             match servers[i].on_connect_failed(at, &mut rng) {
                 Decision::RetryAt(next) => {
+                    let next = next.unwrap();
                     let delay = next - at;
                     assert!(
                         (MIN_DELAY..=MAX_DELAY).contains(&delay),
                         "seed {seed}: {delay:?}"
                     );
                 }
-                Decision::CircuitOpenUntil(until) => assert!(until > horizon),
+                Decision::CircuitOpenUntil(until) => assert!(until.unwrap() > horizon),
             }
         }
         assert!(

@@ -354,7 +354,11 @@ fn a_refusing_server_backs_off_opens_its_circuit_and_probes_after_the_cooldown()
             Record::Circuit(Transition::Opened {
                 until,
                 consecutive_failures,
-            }) => Some((*t, *until, *consecutive_failures)),
+            }) => Some((
+                *t,
+                until.expect("a cooldown of 30 s ends"),
+                *consecutive_failures,
+            )),
             _ => None,
         })
         .expect("the circuit opened");
@@ -480,4 +484,30 @@ fn a_session_that_stays_up_resets_the_backoff() {
         net.cluster.node(ServerId(0)).metrics().circuit_opened_total,
         0
     );
+}
+
+/// Policy durations too long for a deadline mean "never", as in the core: a session
+/// never counts as stable (so its loss is a failed attempt), and a circuit with an
+/// endless cooldown stays open and schedules no probe. Nothing panics.
+#[test]
+fn policy_durations_too_long_for_a_deadline_mean_never() {
+    let mut cluster = ClusterConfig::new(vec![config(0)], 15, 7);
+    cluster.policy.stable_after = Duration::MAX;
+    cluster.policy.circuit.cooldown = Duration::MAX;
+    cluster.policy.circuit.failure_threshold = 1;
+    let mut net = Net::new(cluster, vec![SimConfig::new()], 15);
+    net.cluster.connect_all(net.now);
+    net.run_for(Duration::from_secs(20));
+    assert_eq!(net.cluster.node(ServerId(0)).health(), Health::Healthy);
+    net.cut(0);
+    net.run_for(Duration::from_secs(3600));
+    let node = net.cluster.node(ServerId(0));
+    assert_eq!(node.health(), Health::CircuitOpen);
+    assert_eq!(node.poll_timeout(), None, "no probe is ever scheduled");
+    assert_eq!(net.connect_times(0).len(), 1, "never reconnected");
+    let opened = net.log(0).iter().find_map(|(_, r)| match r {
+        Record::Circuit(Transition::Opened { until, .. }) => Some(*until),
+        _ => None,
+    });
+    assert_eq!(opened, Some(None), "opened without an end");
 }

@@ -261,10 +261,10 @@ fn a_day_of_random_faults() {
                         *consecutive_failures, 5,
                         "seed {seed}: node {i} opened early"
                     );
-                    open_until = Some(*until);
+                    open_until = *until;
                     opened += 1;
                 }
-                Record::Circuit(Transition::Reopened { until }) => open_until = Some(*until),
+                Record::Circuit(Transition::Reopened { until }) => open_until = *until,
                 _ => {}
             }
         }

@@ -54,7 +54,8 @@ pub enum Strategy {
     /// A response, then an `OriginateResponse` event with the same ActionID,
     /// awaited for at most `event_timeout` after the response.
     AsyncOriginate {
-        /// Deadline for the `OriginateResponse` event.
+        /// Deadline for the `OriginateResponse` event (one that overflows an
+        /// `Instant` means no deadline, as for [`Action::with_timeout`]).
         event_timeout: Duration,
     },
 }
@@ -102,7 +103,11 @@ impl Action {
         self
     }
 
-    /// Sets this action's response timeout (instead of the connection default).
+    /// Sets this action's response timeout (instead of the connection default). The
+    /// deadline is the send time plus `timeout` (restarted by each list item); a
+    /// timeout so long that the deadline does not fit in an `Instant` (e.g.
+    /// `Duration::MAX`) means **no deadline**: the action never times out by itself
+    /// and completes only with its reply or the connection's close.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

@@ -32,7 +32,7 @@ use crate::events::{Event, EventCounters, EventQueue, Pushed};
 use crate::message::{Message, MessageKind};
 use crate::parser::{Discard, Parsed, Parser};
 use crate::redact::Redactor;
-use crate::timers::{Timer, TimerTable};
+use crate::timers::{self, Timer, TimerTable};
 
 /// What the banner of an Asterisk manager interface starts with.
 const BANNER_PREFIX: &str = "Asterisk Call Manager/";
@@ -152,6 +152,8 @@ pub struct Connection {
     transmitted: usize,
     timers: TimerTable,
     heartbeat_misses: u32,
+    /// The counter of the last heartbeat `Ping` sent.
+    heartbeat: Option<u64>,
     banner: Option<String>,
     logged_in_at: Option<Instant>,
     close_reason: Option<CloseReason>,
@@ -180,7 +182,7 @@ impl Connection {
     /// this server. Both go into every ActionID, so that no two connections share one.
     pub fn new(config: Config, instance: u32, generation: u64, now: Instant) -> Self {
         let mut timers = TimerTable::default();
-        timers.set(Timer::Connect, now + config.connect_timeout);
+        timers.arm(Timer::Connect, now, config.connect_timeout);
         Connection {
             server_key: Arc::from(config.server_key.as_str()),
             redactor: Arc::new(config.redactor.as_ref().clone().with_secret(&config.secret)),
@@ -200,6 +202,7 @@ impl Connection {
             transmitted: 0,
             timers,
             heartbeat_misses: 0,
+            heartbeat: None,
             banner: None,
             logged_in_at: None,
             close_reason: None,
@@ -288,7 +291,7 @@ impl Connection {
         }
         self.timers.stop(Timer::Connect);
         self.timers
-            .set(Timer::Banner, now + self.config.read_timeout);
+            .arm(Timer::Banner, now, self.config.read_timeout);
         self.set_state(State::AwaitingBanner);
     }
 
@@ -305,6 +308,7 @@ impl Connection {
         let mut parser = std::mem::replace(&mut self.parser, Parser::new(self.config.limits));
         parser.feed(data, &mut |item| self.handle_parsed(now, item));
         self.parser = parser;
+        self.fail_discarded_reply(now);
     }
 
     /// The server closed the connection (end of stream).
@@ -336,7 +340,19 @@ impl Connection {
                 Timer::Heartbeat => {
                     self.arm_heartbeat(now);
                     let timeout = self.config.heartbeat_timeout;
-                    self.send_internal(now, action::Ping.into(), Purpose::Heartbeat, timeout);
+                    // A heartbeat without a deadline never misses: while one is still
+                    // unanswered, more would only pile up in the registry.
+                    let unanswered = self
+                        .heartbeat
+                        .is_some_and(|counter| self.registry.contains(counter));
+                    if !(unanswered && timers::deadline(now, timeout).is_none()) {
+                        self.heartbeat = self.send_internal(
+                            now,
+                            action::Ping.into(),
+                            Purpose::Heartbeat,
+                            timeout,
+                        );
+                    }
                 }
             }
         }
@@ -509,8 +525,29 @@ impl Connection {
                 self.send_internal(now, login.into(), Purpose::Login, timeout);
             }
             AuthMethod::Md5 => {
-                self.send_internal(now, action::Challenge.into(), Purpose::Challenge, timeout)
+                self.send_internal(now, action::Challenge.into(), Purpose::Challenge, timeout);
             }
+        }
+    }
+
+    /// The parser is skipping a message that named one of our actions (e.g. command
+    /// output over its limit): that reply is lost, so the action fails now, not when the
+    /// rest of the message has passed (a large output takes a while, and the deadline
+    /// may run out first). The discard's report still comes when it ends.
+    fn fail_discarded_reply(&mut self, now: Instant) {
+        let Some(discard) = self.parser.discard_in_progress() else {
+            return;
+        };
+        let Some(counter) = discard
+            .action_id
+            .as_deref()
+            .and_then(|id| self.ids.counter_of(id))
+        else {
+            return;
+        };
+        let error = ActionError::Discarded(discard.error.clone());
+        if let Some(pending) = self.registry.remove(counter) {
+            self.finish(now, pending, Err(error));
         }
     }
 
@@ -682,33 +719,52 @@ impl Connection {
         }
     }
 
-    /// Schedules the next heartbeat; an interval of zero disables heartbeats.
+    /// Schedules the next heartbeat; an interval of zero disables heartbeats, and so
+    /// does one too long for a deadline (no deadline: never due).
     fn arm_heartbeat(&mut self, now: Instant) {
         if !self.config.heartbeat_interval.is_zero() {
             self.timers
-                .set(Timer::Heartbeat, now + self.config.heartbeat_interval);
+                .arm(Timer::Heartbeat, now, self.config.heartbeat_interval);
         }
     }
 
+    /// Closes after the login (or its challenge) failed, with a reason for each cause.
     fn login_failed(&mut self, now: Instant, error: ActionError) {
         let reason = match error {
             ActionError::Rejected { message, .. } => CloseReason::AuthenticationFailed { message },
+            ActionError::Timeout { .. } => CloseReason::LoginTimeout,
             ActionError::ConnectionClosed { reason } => reason,
-            _ => CloseReason::LoginTimeout,
+            error @ (ActionError::Discarded(_) | ActionError::ListTooLong { .. }) => {
+                CloseReason::LoginFailed {
+                    error: Box::new(error),
+                }
+            }
         };
         self.close_with(now, reason);
     }
 
     /// Writes an action of the connection's own; internal actions are few and small,
-    /// so they bypass the limits that protect against the application.
-    fn send_internal(&mut self, now: Instant, action: Action, purpose: Purpose, timeout: Duration) {
+    /// so they bypass the limits that protect against the application. Returns its
+    /// counter, or `None` when it could not be encoded (the connection then closed).
+    fn send_internal(
+        &mut self,
+        now: Instant,
+        action: Action,
+        purpose: Purpose,
+        timeout: Duration,
+    ) -> Option<u64> {
         let (counter, action_id) = self.ids.next_id();
         match action.encode(&action_id, &mut self.transmit) {
-            Ok(()) => self.register(now, counter, action_id, &action, purpose, timeout),
-            // Only a username with CR/LF (or over 1000 bytes) gets here: login cannot work.
+            Ok(()) => {
+                self.register(now, counter, action_id, &action, purpose, timeout);
+                Some(counter)
+            }
+            // Only a login with CR/LF (or a line over 1000 bytes) in the username, the
+            // secret or an event class gets here: it cannot work.
             Err(error) => {
-                let message = format!("cannot encode {}: {error}", action.name());
-                self.close_with(now, CloseReason::AuthenticationFailed { message });
+                let action = action.name().to_owned();
+                self.close_with(now, CloseReason::Unencodable { action, error });
+                None
             }
         }
     }
@@ -730,7 +786,7 @@ impl Connection {
                 strategy: action.strategy(),
                 stage: Stage::Response,
                 sent_at: now,
-                deadline: now + timeout,
+                deadline: timers::deadline(now, timeout),
                 timeout,
                 response: None,
                 events: Vec::new(),
@@ -745,7 +801,26 @@ impl Connection {
             return;
         }
         self.queued_reports += 1;
-        self.outputs.push_back(output);
+        if self.state == State::Closed {
+            // The input it reports closed the connection (a discarded login reply):
+            // it goes before the close, which stays the very last output.
+            let at = self
+                .outputs
+                .iter()
+                .rposition(|o| {
+                    matches!(
+                        o,
+                        Output::StateChanged {
+                            to: State::Closed,
+                            ..
+                        }
+                    )
+                })
+                .unwrap_or(self.outputs.len());
+            self.outputs.insert(at, output);
+        } else {
+            self.outputs.push_back(output);
+        }
     }
 
     fn set_state(&mut self, to: State) {

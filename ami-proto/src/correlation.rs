@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::action::{MAX_ACTION_ID_LEN, Strategy};
 use crate::error::{ActionError, Stage};
 use crate::message::Message;
+use crate::timers::deadline;
 
 /// Longest server-key prefix kept in an ActionID, so that the whole ID fits in 64
 /// characters whatever the counters reach.
@@ -136,7 +137,9 @@ pub(crate) struct Pending {
     pub(crate) strategy: Strategy,
     pub(crate) stage: Stage,
     pub(crate) sent_at: Instant,
-    pub(crate) deadline: Instant,
+    /// When the current stage times out; `None` when `now + timeout` overflowed (no
+    /// deadline: the action never times out by itself).
+    pub(crate) deadline: Option<Instant>,
     pub(crate) timeout: Duration,
     pub(crate) response: Option<Message>,
     pub(crate) events: Vec<Message>,
@@ -179,7 +182,7 @@ impl Pending {
                     self.response = Some(response);
                     self.stage = Stage::OriginateEvent;
                     self.timeout = event_timeout;
-                    self.deadline = now + event_timeout;
+                    self.deadline = deadline(now, event_timeout);
                     return Progress::Continue;
                 }
                 Progress::Done(Ok(Reply {
@@ -218,7 +221,7 @@ impl Pending {
                     }));
                 }
                 self.items += 1;
-                self.deadline = now + self.timeout;
+                self.deadline = deadline(now, self.timeout);
                 // Past the cap, items are counted (for the error) but not kept.
                 if self.events.len() < max_list_items {
                     self.events.push(event);
@@ -261,7 +264,8 @@ fn rejected(response: Message) -> ActionError {
     }
 }
 
-/// The pending actions of one connection, by counter, with their deadlines.
+/// The pending actions of one connection, by counter, with their deadlines (an action
+/// without a deadline is pending but not in `deadlines`).
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     pending: HashMap<u64, Pending>,
@@ -272,11 +276,17 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn insert(&mut self, counter: u64, pending: Pending) {
-        self.deadlines.insert((pending.deadline, counter));
+        if let Some(at) = pending.deadline {
+            self.deadlines.insert((at, counter));
+        }
         if pending.purpose == Purpose::User {
             self.user += 1;
         }
         self.pending.insert(counter, pending);
+    }
+
+    pub(crate) fn contains(&self, counter: u64) -> bool {
+        self.pending.contains_key(&counter)
     }
 
     pub(crate) fn get_mut(&mut self, counter: u64) -> Option<&mut Pending> {
@@ -284,16 +294,22 @@ impl Registry {
     }
 
     /// Moves an entry's deadline after its stage changed.
-    pub(crate) fn reschedule(&mut self, counter: u64, old: Instant) {
+    pub(crate) fn reschedule(&mut self, counter: u64, old: Option<Instant>) {
         if let Some(pending) = self.pending.get(&counter) {
-            self.deadlines.remove(&(old, counter));
-            self.deadlines.insert((pending.deadline, counter));
+            if let Some(old) = old {
+                self.deadlines.remove(&(old, counter));
+            }
+            if let Some(at) = pending.deadline {
+                self.deadlines.insert((at, counter));
+            }
         }
     }
 
     pub(crate) fn remove(&mut self, counter: u64) -> Option<Pending> {
         let pending = self.pending.remove(&counter)?;
-        self.deadlines.remove(&(pending.deadline, counter));
+        if let Some(at) = pending.deadline {
+            self.deadlines.remove(&(at, counter));
+        }
         if pending.purpose == Purpose::User {
             self.user -= 1;
         }

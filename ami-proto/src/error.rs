@@ -1,4 +1,5 @@
-//! Typed errors: why a send was refused, why an action failed, why a connection closed.
+//! Typed errors: why a setting cannot work, why a send was refused, why an action
+//! failed, why a connection closed.
 //!
 //! Messages never contain secrets: they name keys, limits and states, not values. Text
 //! a server sent (an error response, a banner) is masked by the connection that returns
@@ -10,6 +11,115 @@ use crate::action::EncodeError;
 use crate::connection::State;
 use crate::message::Message;
 use crate::parser::ParseError;
+
+/// Why [`Config::validate`](crate::config::Config::validate) (or
+/// [`Limits::validate`](crate::parser::Limits::validate)) refused a setting that cannot
+/// work. [`setting`](ConfigError::setting) names the [`Config`](crate::config::Config)
+/// field concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `server_key` is empty: it names the server in logs and ActionIDs.
+    #[error("server_key is empty")]
+    EmptyServerKey,
+    /// A timeout that must be positive is zero: every wait would fail at once.
+    /// `setting` is `connect_timeout`, `read_timeout`, `action_timeout`,
+    /// `heartbeat_timeout` (checked only while heartbeats are on) or `close_timeout`.
+    #[error("{setting} is zero: every wait on it would fail at once")]
+    ZeroTimeout {
+        /// The field concerned.
+        setting: &'static str,
+    },
+    /// `max_pending_actions` is zero: every action would be refused.
+    #[error("max_pending_actions is zero: every action would be refused")]
+    ZeroMaxPendingActions,
+    /// `max_list_items` is zero: every event list with an item would fail.
+    #[error("max_list_items is zero: every non-empty event list would fail")]
+    ZeroMaxListItems,
+    /// `event_queue_capacity` is zero: no event could be queued.
+    #[error("event_queue_capacity is zero: no event could be queued")]
+    ZeroEventQueueCapacity,
+    /// `write_buffer_limit` is zero: no action could be written.
+    #[error("write_buffer_limit is zero: no action could be written")]
+    ZeroWriteBufferLimit,
+    /// `heartbeat_max_misses` is zero while heartbeats are on (`heartbeat_interval`
+    /// not zero): the first late `Pong` would close the connection.
+    #[error("heartbeat_max_misses is zero while heartbeats are on")]
+    ZeroHeartbeatMaxMisses,
+    /// `limits.max_frame_size` is zero: every message would be discarded.
+    #[error("limits.max_frame_size is zero: every message would be discarded")]
+    ZeroMaxFrameSize,
+    /// `limits.max_frame_size` is above [`MAX_LIMIT`](crate::parser::MAX_LIMIT): the
+    /// parser records offsets in a message as `u32`s.
+    #[error(
+        "limits.max_frame_size is {size} bytes, above the parser's limit of {} bytes",
+        crate::parser::MAX_LIMIT
+    )]
+    MaxFrameSizeTooLarge {
+        /// The configured size.
+        size: usize,
+    },
+    /// `limits.max_command_output` is above [`MAX_LIMIT`](crate::parser::MAX_LIMIT).
+    #[error(
+        "limits.max_command_output is {size} bytes, above the parser's limit of {} bytes",
+        crate::parser::MAX_LIMIT
+    )]
+    MaxCommandOutputTooLarge {
+        /// The configured size.
+        size: usize,
+    },
+    /// `limits.max_command_output` is below `limits.max_frame_size`: a command
+    /// response is an ordinary message until its first output line, so its limit may
+    /// only be the larger.
+    #[error(
+        "limits.max_command_output ({max_command_output} bytes) is below limits.max_frame_size ({max_frame_size} bytes)"
+    )]
+    MaxCommandOutputBelowFrameSize {
+        /// The configured command output limit.
+        max_command_output: usize,
+        /// The configured frame limit.
+        max_frame_size: usize,
+    },
+    /// The login cannot be encoded (a CR or LF in `username` or `secret`, an event
+    /// class with one, or a line over the encoder's limit): the connection could
+    /// never log in.
+    #[error("the login cannot be encoded: {0}")]
+    UnencodableLogin(EncodeError),
+}
+
+impl ConfigError {
+    /// The [`Config`](crate::config::Config) field the error is about, e.g.
+    /// `connect_timeout` or `limits.max_frame_size` (for an unencodable login
+    /// `username`, `secret` or `events`, after the header the encoder refused).
+    pub fn setting(&self) -> &'static str {
+        match self {
+            ConfigError::EmptyServerKey => "server_key",
+            ConfigError::ZeroTimeout { setting } => setting,
+            ConfigError::ZeroMaxPendingActions => "max_pending_actions",
+            ConfigError::ZeroMaxListItems => "max_list_items",
+            ConfigError::ZeroEventQueueCapacity => "event_queue_capacity",
+            ConfigError::ZeroWriteBufferLimit => "write_buffer_limit",
+            ConfigError::ZeroHeartbeatMaxMisses => "heartbeat_max_misses",
+            ConfigError::ZeroMaxFrameSize | ConfigError::MaxFrameSizeTooLarge { .. } => {
+                "limits.max_frame_size"
+            }
+            ConfigError::MaxCommandOutputTooLarge { .. }
+            | ConfigError::MaxCommandOutputBelowFrameSize { .. } => "limits.max_command_output",
+            ConfigError::UnencodableLogin(error) => match error {
+                EncodeError::HeaderInjection { key } | EncodeError::LineTooLong { key, .. }
+                    if key.eq_ignore_ascii_case("Secret") =>
+                {
+                    "secret"
+                }
+                EncodeError::HeaderInjection { key } | EncodeError::LineTooLong { key, .. }
+                    if key.eq_ignore_ascii_case("Events") =>
+                {
+                    "events"
+                }
+                _ => "username",
+            },
+        }
+    }
+}
 
 /// Why [`Connection::send`](crate::connection::Connection::send) refused an action.
 /// A refused action was never written and never completes.
@@ -121,9 +231,30 @@ pub enum CloseReason {
         /// The `Message:` of the error response.
         message: String,
     },
-    /// Login (or its MD5 challenge) was not answered in time.
+    /// Login (or its MD5 challenge) was not answered in time. Only a deadline that ran
+    /// out gives this reason.
     #[error("login not answered in time")]
     LoginTimeout,
+    /// The answer to the login (or to its MD5 challenge) came but could not be used:
+    /// the parser discarded it (`ActionError::Discarded`, e.g. a reply larger than the
+    /// frame limit) or it was an event list past `max_list_items`
+    /// (`ActionError::ListTooLong`). Neither a refusal nor a timeout.
+    #[error("login failed: {error}")]
+    LoginFailed {
+        /// How the login action failed.
+        error: Box<ActionError>,
+    },
+    /// An action the connection writes by itself could not be encoded, so the session
+    /// cannot go on; nothing of it was written. In practice only the `Login`: a CR or
+    /// LF (or an over-long line) in the username, the secret or an event class, which
+    /// [`Config::validate`](crate::config::Config::validate) reports beforehand.
+    #[error("cannot encode {action}: {error}")]
+    Unencodable {
+        /// The action (`Login`).
+        action: String,
+        /// Why the encoder refused it (names the header, never its value).
+        error: EncodeError,
+    },
     /// Too many heartbeat `Ping`s in a row went unanswered.
     #[error("{misses} heartbeats in a row went unanswered")]
     HeartbeatTimeout {

@@ -18,8 +18,12 @@
 //!   `Privilege`/`ActionID` headers, blank ones included, up to a line ending in
 //!   `--END COMMAND--`.
 //! - A line that is not `Key: Value`, or a message over its limit, is discarded up to
-//!   the next blank line. The discarded bytes are counted but never buffered, and one
-//!   [`Discard`] reports them; parsing then carries on (desync recovery).
+//!   the next blank line; a legacy `Follows` response over its limit (whose body may
+//!   hold blank lines) up to the end of its `--END COMMAND--` line. The discarded bytes
+//!   are counted but never buffered, and one [`Discard`] reports them when the discard
+//!   ends; parsing then carries on (desync recovery). While a discard goes on,
+//!   [`Parser::discard_in_progress`] shows it, with the `ActionID` of the message if it was
+//!   read, so that the action waiting for that message can be failed at once.
 //!
 //! Memory and copies: lines are parsed where they lie in the caller's input, and each
 //! complete message is copied once, into a buffer of its own. Only the message still
@@ -28,15 +32,61 @@
 
 use memchr::memchr;
 
+use crate::error::ConfigError;
 use crate::message::{Field, Layout, Message};
+
+/// The largest limit the parser can honour: it records where each header lies in its
+/// message as `u32` offsets, so no message may be longer than `u32::MAX` bytes. A
+/// larger limit is refused by [`Limits::validate`] and lowered to this by
+/// [`Parser::new`].
+pub const MAX_LIMIT: usize = u32::MAX as usize;
 
 /// Size limits of the parser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest message accepted, in bytes, counting line ends (default 64 KiB).
+    /// Largest message accepted, in bytes, counting line ends (default 64 KiB; at least
+    /// 1 and at most [`MAX_LIMIT`]).
     pub max_frame_size: usize,
-    /// Largest command response accepted, in bytes (default 1 MiB, plan §8).
+    /// Largest command response accepted, in bytes (default 1 MiB, plan §8; at least
+    /// `max_frame_size` and at most [`MAX_LIMIT`]).
     pub max_command_output: usize,
+}
+
+impl Limits {
+    /// Checks that the limits can work: a frame limit of at least one byte, a command
+    /// output limit no smaller than the frame limit (a command response starts as an
+    /// ordinary message and may only grow from there), and neither above
+    /// [`MAX_LIMIT`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_frame_size == 0 {
+            return Err(ConfigError::ZeroMaxFrameSize);
+        }
+        if self.max_frame_size > MAX_LIMIT {
+            return Err(ConfigError::MaxFrameSizeTooLarge {
+                size: self.max_frame_size,
+            });
+        }
+        if self.max_command_output > MAX_LIMIT {
+            return Err(ConfigError::MaxCommandOutputTooLarge {
+                size: self.max_command_output,
+            });
+        }
+        if self.max_command_output < self.max_frame_size {
+            return Err(ConfigError::MaxCommandOutputBelowFrameSize {
+                max_command_output: self.max_command_output,
+                max_frame_size: self.max_frame_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The limits with each lowered to [`MAX_LIMIT`] at most.
+    fn clamped(self) -> Limits {
+        Limits {
+            max_frame_size: self.max_frame_size.min(MAX_LIMIT),
+            max_command_output: self.max_command_output.min(MAX_LIMIT),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -134,6 +184,80 @@ impl LineSoFar {
     }
 }
 
+/// Bytes of the sentinel line kept across inputs: the sentinel and a `\r`.
+const TAIL: usize = SENTINEL.len() + 1;
+
+/// The last bytes of the line being discarded, to tell whether it ends with the
+/// `--END COMMAND--` sentinel when the line is split across inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LineTail {
+    bytes: [u8; TAIL],
+    len: usize,
+}
+
+impl LineTail {
+    /// The tail of a line whose bytes so far are `partial`.
+    fn of(partial: &[u8]) -> LineTail {
+        let mut tail = LineTail {
+            bytes: [0; TAIL],
+            len: 0,
+        };
+        tail.extend(partial);
+        tail
+    }
+
+    /// The tail after `more` bytes of the same line.
+    fn extend(&mut self, more: &[u8]) {
+        let mut joined = [0; 2 * TAIL];
+        let n = self.join(more, &mut joined);
+        let keep = n.min(TAIL);
+        self.bytes[..keep].copy_from_slice(&joined[n - keep..n]);
+        self.len = keep;
+    }
+
+    /// Whether the line ends with the sentinel (before an optional `\r`) when `rest`
+    /// is the rest of it, up to its `\n`.
+    fn ends_with_sentinel(&self, rest: &[u8]) -> bool {
+        let mut joined = [0; 2 * TAIL];
+        let n = self.join(rest, &mut joined);
+        let line = match &joined[..n] {
+            [line @ .., b'\r'] => line,
+            line => line,
+        };
+        line.ends_with(SENTINEL)
+    }
+
+    /// Writes the tail then the last [`TAIL`] bytes of `more` into `out`; returns
+    /// their length.
+    fn join(&self, more: &[u8], out: &mut [u8; 2 * TAIL]) -> usize {
+        let more = &more[more.len().saturating_sub(TAIL)..];
+        out[..self.len].copy_from_slice(&self.bytes[..self.len]);
+        out[self.len..self.len + more.len()].copy_from_slice(more);
+        self.len + more.len()
+    }
+}
+
+/// Where a discard ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiscardEnd {
+    /// At the next blank line (`line`: how the current line looks so far).
+    BlankLine(LineSoFar),
+    /// At the end of the next line ending with `--END COMMAND--`: the rest of a legacy
+    /// `Follows` response, whose body may hold blank lines.
+    Sentinel(LineTail),
+}
+
+impl DiscardEnd {
+    /// The end of a discard that starts inside the message being read in `mode`,
+    /// whose incomplete last line holds `partial` so far.
+    fn for_message(mode: &Mode, partial: &[u8]) -> DiscardEnd {
+        match mode {
+            Mode::FollowsHeaders | Mode::FollowsBody => DiscardEnd::Sentinel(LineTail::of(partial)),
+            _ => DiscardEnd::BlankLine(LineSoFar::Empty.extend(partial)),
+        }
+    }
+}
+
 /// What the parser is reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Mode {
@@ -145,8 +269,8 @@ enum Mode {
     FollowsHeaders,
     /// Raw body lines of a legacy `Follows` response.
     FollowsBody,
-    /// Skipping input up to the next blank line.
-    Discarding { discard: Discard, line: LineSoFar },
+    /// Skipping input up to `end`.
+    Discarding { discard: Discard, end: DiscardEnd },
 }
 
 const SENTINEL: &[u8] = b"--END COMMAND--";
@@ -190,7 +314,12 @@ impl std::fmt::Debug for Parser {
 
 impl Parser {
     /// A parser at the start of a stream (the first line may be a banner).
+    ///
+    /// It never panics, whatever the limits: each is lowered to [`MAX_LIMIT`] at most
+    /// (check them first with [`Limits::validate`]); a frame limit of zero discards
+    /// every message.
     pub fn new(limits: Limits) -> Self {
+        let limits = limits.clamped();
         Parser {
             limits,
             mode: Mode::Start,
@@ -206,7 +335,7 @@ impl Parser {
         }
     }
 
-    /// The limits in force.
+    /// The limits in force (each lowered to [`MAX_LIMIT`] at most).
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -267,8 +396,8 @@ impl Parser {
         if held > self.limit {
             // The message is over its limit before its end arrived. (Its complete lines
             // were each within it, so the incomplete last line took it over.)
-            let line = LineSoFar::Empty.extend(&data[self.line_start..]);
-            self.start_discard(data, self.too_large(), held, line);
+            let partial = &data[self.line_start..];
+            self.start_discard(data, self.too_large(), held, partial);
             self.msg_start = 0;
             self.line_start = 0;
         } else {
@@ -286,7 +415,11 @@ impl Parser {
     /// ends, the rest of the input is parsed in place. Never more are held than the
     /// message's limit plus one byte: past that it is discarded anyway.
     fn extend_held(&mut self, data: &[u8], emit: &mut impl FnMut(Parsed)) -> usize {
-        let room = (self.limit + 1).saturating_sub(self.buf.len()).max(1);
+        let room = self
+            .limit
+            .saturating_add(1)
+            .saturating_sub(self.buf.len())
+            .max(1);
         let now = &data[..room.min(data.len())];
         // The held bytes hold no `\n` past `line_start` (that line would have been
         // handled), so only the new bytes are searched.
@@ -302,8 +435,8 @@ impl Parser {
         let ended = self.msg_start == buf.len();
         if !ended && !self.discarding() && buf.len() > self.limit {
             // The message is over its limit before its end arrived.
-            let line = LineSoFar::Empty.extend(&buf[self.line_start..]);
-            self.start_discard(&buf, self.too_large(), buf.len(), line);
+            let partial = &buf[self.line_start..];
+            self.start_discard(&buf, self.too_large(), buf.len(), partial);
         }
         if ended || self.discarding() {
             buf.clear();
@@ -335,7 +468,7 @@ impl Parser {
         // The limit that applies to this line is the one set by the lines before it,
         // so that the verdict is the same however the input was split.
         if line_end - self.msg_start > self.limit {
-            self.line_too_large(window, line.is_empty(), line_end, emit);
+            self.line_too_large(window, line, line_end, emit);
         } else if !line.is_empty() && matches!(self.mode, Mode::Headers) {
             self.header_line(window, line, start, line_end);
         } else {
@@ -343,19 +476,25 @@ impl Parser {
         }
     }
 
-    /// Handles a line that takes the message in progress over its limit.
+    /// Handles `line` (its `\r` stripped), a complete line that takes the message in
+    /// progress over its limit.
     #[cold]
     #[inline(never)]
     fn line_too_large(
         &mut self,
         window: &[u8],
-        blank: bool,
+        line: &[u8],
         line_end: usize,
         emit: &mut impl FnMut(Parsed),
     ) {
         let error = self.too_large();
-        if blank {
-            // The blank line that ends the discard is this one.
+        let ends_message = match self.mode {
+            // A legacy `Follows` body may hold blank lines: it ends at the sentinel.
+            Mode::FollowsHeaders | Mode::FollowsBody => line.ends_with(SENTINEL),
+            _ => line.is_empty(),
+        };
+        if ends_message {
+            // The line that ends the discard is this one.
             let bytes = (line_end - self.msg_start) as u64;
             emit(Parsed::Discarded(Discard {
                 error,
@@ -589,34 +728,60 @@ impl Parser {
     fn start_discard_at_line_end(&mut self, window: &[u8], error: ParseError, line_end: usize) {
         self.line_start = line_end;
         let held = line_end - self.msg_start;
-        self.start_discard(window, error, held, LineSoFar::Empty);
+        self.start_discard(window, error, held, &[]);
     }
 
     /// Starts discarding the message in progress, of which `held` bytes are read;
-    /// `line` tells how its last, incomplete line looks so far.
-    fn start_discard(&mut self, window: &[u8], error: ParseError, held: usize, line: LineSoFar) {
+    /// `partial` holds its last, incomplete line so far.
+    fn start_discard(&mut self, window: &[u8], error: ParseError, held: usize, partial: &[u8]) {
         let discard = Discard {
             error,
             bytes: held as u64,
             action_id: self.action_id(window),
         };
+        let end = DiscardEnd::for_message(&self.mode, partial);
         self.reset_message(self.msg_start);
-        self.mode = Mode::Discarding { discard, line };
+        self.mode = Mode::Discarding { discard, end };
     }
 
-    /// Skips `data` up to and including the next blank line; returns how many bytes
-    /// it used. When the blank line is found the discard is emitted and parsing resumes.
+    /// The discard in progress, if the parser is skipping input: why, the bytes
+    /// skipped so far, and the `ActionID` of the message when it was read before the
+    /// message went bad. Its [`Parsed::Discarded`] comes when the discard ends (at the
+    /// next blank line, or for a legacy `Follows` response at its `--END COMMAND--`
+    /// line), which may be much later; this lets the caller fail the action waiting
+    /// for that message at once.
+    pub fn discard_in_progress(&self) -> Option<&Discard> {
+        match &self.mode {
+            Mode::Discarding { discard, .. } => Some(discard),
+            _ => None,
+        }
+    }
+
+    /// Skips `data` up to and including the line that ends the discard (the next
+    /// blank line, or the sentinel line); returns how many bytes it used. When that
+    /// line is found the discard is emitted and parsing resumes.
     fn discard_scan(&mut self, data: &[u8], emit: &mut impl FnMut(Parsed)) -> usize {
-        let Mode::Discarding { discard, line } = &mut self.mode else {
+        let Mode::Discarding { discard, end } = &mut self.mode else {
             return 0;
         };
         let mut pos = 0;
         while let Some(offset) = memchr(b'\n', &data[pos..]) {
             let newline = pos + offset;
-            let blank = line.blank_with(&data[pos..newline]);
+            let rest = &data[pos..newline];
+            let ends = match end {
+                DiscardEnd::BlankLine(line) => {
+                    let blank = line.blank_with(rest);
+                    *line = LineSoFar::Empty;
+                    blank
+                }
+                DiscardEnd::Sentinel(tail) => {
+                    let sentinel = tail.ends_with_sentinel(rest);
+                    *tail = LineTail::of(&[]);
+                    sentinel
+                }
+            };
             pos = newline + 1;
-            *line = LineSoFar::Empty;
-            if blank {
+            if ends {
                 discard.bytes += pos as u64;
                 let discard = discard.clone();
                 emit(Parsed::Discarded(discard));
@@ -624,7 +789,10 @@ impl Parser {
                 return pos;
             }
         }
-        *line = line.extend(&data[pos..]);
+        match end {
+            DiscardEnd::BlankLine(line) => *line = line.extend(&data[pos..]),
+            DiscardEnd::Sentinel(tail) => tail.extend(&data[pos..]),
+        }
         discard.bytes += data.len() as u64;
         data.len()
     }
@@ -692,8 +860,8 @@ fn reparse_lossy(bytes: &[u8], follows: bool) -> Message {
         text.push_str("\r\n");
     }
     let limits = Limits {
-        max_frame_size: usize::MAX - 1,
-        max_command_output: usize::MAX - 1,
+        max_frame_size: MAX_LIMIT,
+        max_command_output: MAX_LIMIT,
     };
     let mut parser = Parser::new(limits);
     parser.mode = Mode::Headers;

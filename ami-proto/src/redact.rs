@@ -343,6 +343,12 @@ impl Redactor {
             CloseReason::NotAmi { first_line: text }
             | CloseReason::AuthenticationFailed { message: text }
             | CloseReason::Transport(text) => self.mask_string(text),
+            CloseReason::LoginFailed { error } => {
+                let masked = self.mask_error((**error).clone());
+                **error = masked;
+            }
+            // Names the header, never its value.
+            CloseReason::Unencodable { .. } => {}
             CloseReason::Graceful
             | CloseReason::LogoffTimeout
             | CloseReason::ConnectTimeout

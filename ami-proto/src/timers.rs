@@ -1,8 +1,18 @@
 //! The connection's fixed timers: one small enum indexing a table, the next deadline
 //! being their minimum (with the earliest pending-action deadline, kept by the
 //! correlation registry).
+//!
+//! A deadline is `now + duration`, computed with [`deadline`]: when that sum does not
+//! fit in an `Instant` (e.g. a timeout of `Duration::MAX`), there is **no deadline**:
+//! the timer is not armed and never fires. The whole crate gives an overflowing
+//! deadline that one meaning.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// `now + after`, or `None` ("no deadline") when the sum overflows.
+pub(crate) fn deadline(now: Instant, after: Duration) -> Option<Instant> {
+    now.checked_add(after)
+}
 
 /// A connection-level timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,8 +32,10 @@ const ALL: [Timer; 3] = [Timer::Connect, Timer::Banner, Timer::Heartbeat];
 pub(crate) struct TimerTable([Option<Instant>; 3]);
 
 impl TimerTable {
-    pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
-        self.0[timer as usize] = Some(at);
+    /// Arms `timer` to fire `after` from `now`; a deadline that overflows leaves it
+    /// unarmed (no deadline).
+    pub(crate) fn arm(&mut self, timer: Timer, now: Instant, after: Duration) {
+        self.0[timer as usize] = deadline(now, after);
     }
 
     pub(crate) fn stop(&mut self, timer: Timer) {

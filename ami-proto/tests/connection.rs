@@ -294,6 +294,85 @@ fn md5_login_timeout_after_challenge_closes() {
     );
 }
 
+/// A login answer the parser had to discard is not a timeout: the connection closes
+/// at once, saying what happened.
+#[test]
+fn login_reply_discarded_closes_as_login_failed_not_timeout() {
+    let mut cfg = config();
+    cfg.limits = Limits {
+        max_frame_size: 128,
+        max_command_output: 1024,
+    };
+    let mut h = Harness::with_banner(cfg);
+    let login = h.written_actions()[0].id.clone();
+    h.outputs();
+    h.reply(&success(
+        &login,
+        &format!("Message: {}\r\n", "x".repeat(200)),
+    ));
+    let outputs = h.outputs();
+    assert!(
+        matches!(outputs[outputs.len() - 3], Output::Discarded(_)),
+        "the report comes before the close: {outputs:?}"
+    );
+    assert_eq!(
+        outputs.last(),
+        Some(&Output::Closed(CloseReason::LoginFailed {
+            error: Box::new(ActionError::Discarded(ParseError::FrameTooLarge {
+                limit: 128
+            })),
+        }))
+    );
+    assert_eq!(h.conn.state(), State::Closed);
+}
+
+#[test]
+fn md5_challenge_reply_discarded_closes_as_login_failed() {
+    let mut cfg = config();
+    cfg.auth = AuthMethod::Md5;
+    cfg.limits = Limits {
+        max_frame_size: 128,
+        max_command_output: 1024,
+    };
+    let mut h = Harness::with_banner(cfg);
+    let cid = h.written_actions()[0].id.clone();
+    h.outputs();
+    h.reply(&format!(
+        "Response: Success\r\nActionID: {cid}\r\nChallenge: {}\r\n\r\n",
+        "9".repeat(200)
+    ));
+    assert!(
+        matches!(
+            h.outputs().last(),
+            Some(Output::Closed(CloseReason::LoginFailed { error }))
+                if matches!(**error, ActionError::Discarded(ParseError::FrameTooLarge { .. }))
+        ),
+        "closed as login failed"
+    );
+}
+
+#[test]
+fn login_answered_with_an_overlong_list_closes_as_login_failed() {
+    let mut cfg = config();
+    cfg.max_list_items = 1;
+    let mut h = Harness::with_banner(cfg);
+    let login = h.written_actions()[0].id.clone();
+    h.outputs();
+    h.reply(&success(&login, "EventList: start\r\n"));
+    h.reply(&list_item("Item", &login, ""));
+    h.reply(&list_item("Item", &login, ""));
+    h.reply(&list_complete("ItemComplete", &login, 2));
+    assert_eq!(
+        h.outputs().last(),
+        Some(&Output::Closed(CloseReason::LoginFailed {
+            error: Box::new(ActionError::ListTooLong {
+                limit: 1,
+                received: 2
+            }),
+        }))
+    );
+}
+
 #[test]
 fn non_ami_banner_closes_as_not_ami() {
     let cases = [
@@ -972,6 +1051,120 @@ fn command_output_too_large_is_discarded_and_fails_the_action() {
     let ping = h.conn.send(h.now, action::Ping).unwrap();
     h.reply(&success(&ping, "Ping: Pong\r\n"));
     assert!(h.one_completion().result.is_ok());
+}
+
+/// Output past the command output limit (1 MiB by default) fails the action as soon as
+/// the limit is passed, at that `now`, not at the deadline (30 s) nor when the rest of
+/// the output has passed; the rest is skipped and what follows parses normally.
+#[test]
+fn command_output_over_the_limit_fails_the_action_at_once() {
+    let mut h = Harness::logged_in(quiet_config());
+    let id = h
+        .conn
+        .send(h.now, action::Command::new("core show channels"))
+        .unwrap();
+    let sent_at = h.now;
+    h.advance(SEC);
+    let line = format!("Output: {}\r\n", "x".repeat(90));
+    let head = success(&id, "Message: Command output follows\r\n");
+    let head = &head[..head.len() - 2]; // not ended yet
+    let mut text = head.to_owned();
+    while text.len() <= 1024 * 1024 {
+        text.push_str(&line);
+    }
+    for piece in text.as_bytes().chunks(64 * 1024) {
+        h.reply_bytes(piece);
+    }
+    let limit = Limits::default().max_command_output;
+    let error = ParseError::OutputTooLarge { limit };
+    assert_eq!(
+        h.outputs(),
+        [Output::Completed(ami_proto::Completion {
+            action_id: id.clone(),
+            sent_at,
+            completed_at: h.now,
+            result: Err(ActionError::Discarded(error.clone())),
+        })],
+        "completed when the limit was passed"
+    );
+    assert_eq!(h.conn.pending_actions(), 0);
+    // More output, a second later, then the end of the message and what follows.
+    h.advance(SEC);
+    let rest = format!("{line}{line}\r\n");
+    h.reply(&rest);
+    h.reply("Event: Hangup\r\nPrivilege: call,all\r\nChannel: PJSIP/100\r\n\r\n");
+    let ping = h.conn.send(h.now, action::Ping).unwrap();
+    h.reply(&success(&ping, "Ping: Pong\r\n"));
+    let outputs = h.outputs();
+    let total = (text.len() + rest.len()) as u64;
+    assert_eq!(
+        outputs[0],
+        Output::Discarded(Discard {
+            error,
+            bytes: total,
+            action_id: Some(id),
+        })
+    );
+    assert_eq!(event_names(&outputs), ["Hangup"]);
+    let done = completions(&outputs);
+    assert_eq!(done.len(), 1, "only the Ping: {outputs:?}");
+    assert!(done[0].result.is_ok());
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    assert_eq!(h.conn.stats().discards, 1);
+}
+
+/// A legacy `Follows` response over the limit fails its action at once too, and the
+/// rest of its body is skipped up to `--END COMMAND--`: its blank lines and
+/// `Key: value`-looking lines never come out as messages or further discards.
+#[test]
+fn legacy_follows_output_over_the_limit_is_skipped_up_to_its_sentinel() {
+    let mut cfg = quiet_config();
+    cfg.limits = Limits {
+        max_frame_size: 128,
+        max_command_output: 512,
+    };
+    let mut h = Harness::logged_in(cfg);
+    let id = h
+        .conn
+        .send(h.now, action::Command::new("core show help"))
+        .unwrap();
+    let mut text = format!("Response: Follows\r\nPrivilege: Command\r\nActionID: {id}\r\n");
+    for i in 0..40 {
+        text.push_str(&format!("Key{i}: looks like a header\n\n"));
+    }
+    assert!(text.len() > 512);
+    text.push_str("last line--END COMMAND--\r\n\r\n");
+    let after = "Event: Hangup\r\nPrivilege: call,all\r\n\r\n";
+    // In pieces that cut the sentinel line too.
+    let all = format!("{text}{after}");
+    for piece in all.as_bytes().chunks(7) {
+        h.reply_bytes(piece);
+    }
+    let outputs = h.outputs();
+    let error = ParseError::OutputTooLarge { limit: 512 };
+    assert_eq!(
+        failure(completions(&outputs)[0]),
+        &ActionError::Discarded(error.clone())
+    );
+    let discards: Vec<&Discard> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Discarded(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        discards,
+        [&Discard {
+            error,
+            // Up to the end of the sentinel line; the blank line after it is skipped.
+            bytes: (text.len() - 2) as u64,
+            action_id: Some(id),
+        }]
+    );
+    assert!(unmatched(&outputs).is_empty(), "{outputs:?}");
+    assert_eq!(event_names(&outputs), ["Hangup"]);
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1742,14 +1935,19 @@ fn secret_with_line_break_cannot_log_in_and_is_not_written() {
     let mut h = Harness::with_banner(cfg);
     assert_eq!(h.written(), "");
     let outputs = h.outputs();
-    assert!(
-        matches!(
-            outputs.last(),
-            Some(Output::Closed(CloseReason::AuthenticationFailed { .. }))
-        ),
+    // Not an authentication failure: the server never saw a login.
+    assert_eq!(
+        outputs.last(),
+        Some(&Output::Closed(CloseReason::Unencodable {
+            action: "Login".into(),
+            error: action::EncodeError::HeaderInjection {
+                key: "Secret".into()
+            },
+        })),
         "{outputs:?}"
     );
     assert!(!format!("{outputs:?}").contains(SECRET));
+    assert!(!h.conn.close_reason().unwrap().to_string().contains(SECRET));
 }
 
 // ---------------------------------------------------------------------------
@@ -2049,4 +2247,147 @@ fn broadcast_carrying_our_completed_action_id_is_still_an_event() {
     assert_eq!(completions(&outputs).len(), 1);
     assert_eq!(event_names(&outputs), ["UserEvent"]);
     assert_eq!(h.conn.stats().late_replies, 0);
+}
+
+// ---------------------------------------------------------------------------
+// No panic from any setting: a deadline that overflows means no deadline
+// ---------------------------------------------------------------------------
+
+/// A configuration without heartbeats, so that `poll_timeout` shows only the timers
+/// under test.
+fn no_heartbeat_config() -> ami_proto::Config {
+    let mut cfg = config();
+    cfg.heartbeat_interval = Duration::ZERO;
+    cfg
+}
+
+#[test]
+fn action_timeout_too_long_for_a_deadline_means_the_action_never_times_out() {
+    let mut h = Harness::logged_in(no_heartbeat_config());
+    let id = h
+        .conn
+        .send(h.now, Action::new("Ping").with_timeout(Duration::MAX))
+        .unwrap();
+    assert_eq!(h.conn.poll_timeout(), None, "no deadline is armed");
+    h.advance(365 * 24 * 3600 * SEC);
+    assert_eq!(h.outputs(), [], "it never times out by itself");
+    assert_eq!(h.conn.pending_actions(), 1);
+    h.reply(&success(&id, "Ping: Pong\r\n"));
+    assert!(h.one_completion().result.is_ok());
+}
+
+#[test]
+fn list_and_originate_deadlines_that_overflow_mean_no_deadline() {
+    let mut h = Harness::logged_in(no_heartbeat_config());
+    // Each list item restarts the deadline: that addition overflows too.
+    let list = h
+        .conn
+        .send(
+            h.now,
+            Action::from(action::QueueStatus::default()).with_timeout(Duration::MAX),
+        )
+        .unwrap();
+    h.reply(&success(&list, "EventList: start\r\n"));
+    h.reply(&list_item("QueueMember", &list, ""));
+    assert_eq!(h.conn.poll_timeout(), None);
+    // An answer timeout of Duration::MAX makes the OriginateResponse wait overflow.
+    let orig = h
+        .conn
+        .send(h.now, originate().with_timeout(Duration::MAX))
+        .unwrap();
+    h.reply(&success(
+        &orig,
+        "Message: Originate successfully queued\r\n",
+    ));
+    assert_eq!(h.conn.poll_timeout(), None);
+    h.advance(365 * 24 * 3600 * SEC);
+    assert_eq!(h.conn.pending_actions(), 2);
+    h.reply(&list_complete("QueueStatusComplete", &list, 1));
+    h.reply(&originate_response(&orig, "Success", 4));
+    let outputs = h.outputs();
+    let done = completions(&outputs);
+    assert_eq!(done.len(), 2, "{outputs:?}");
+    assert!(done.iter().all(|d| d.result.is_ok()), "{done:?}");
+}
+
+#[test]
+fn connection_timers_that_overflow_are_not_armed() {
+    let mut cfg = config();
+    cfg.connect_timeout = Duration::MAX;
+    cfg.read_timeout = Duration::MAX;
+    cfg.action_timeout = Duration::MAX;
+    cfg.heartbeat_interval = Duration::MAX;
+    cfg.heartbeat_timeout = Duration::MAX;
+    cfg.close_timeout = Duration::MAX;
+    let mut h = Harness::new(cfg);
+    assert_eq!(h.conn.poll_timeout(), None, "connect");
+    h.conn.handle_connected(h.now);
+    assert_eq!(h.conn.poll_timeout(), None, "banner");
+    h.reply(BANNER);
+    assert_eq!(h.conn.poll_timeout(), None, "login");
+    let login = h.written_actions()[0].id.clone();
+    h.reply(&success(&login, ""));
+    assert_eq!(h.conn.state(), State::Healthy);
+    assert_eq!(h.conn.poll_timeout(), None, "heartbeat");
+    h.conn.send(h.now, action::Ping).unwrap();
+    assert_eq!(h.conn.poll_timeout(), None, "action_timeout");
+    h.conn.close(h.now);
+    assert_eq!(h.conn.state(), State::Closing);
+    assert_eq!(h.conn.poll_timeout(), None, "close");
+    h.conn.handle_eof(h.now);
+    assert_eq!(h.conn.close_reason(), Some(&CloseReason::Graceful));
+}
+
+/// A heartbeat whose `Pong` deadline overflows never misses; while one is unanswered,
+/// another would only pile up in the registry (one per interval, without a bound).
+#[test]
+fn heartbeats_without_a_deadline_do_not_pile_up() {
+    let mut cfg = config();
+    cfg.heartbeat_timeout = Duration::MAX;
+    let mut h = Harness::logged_in(cfg);
+    for _ in 0..5 {
+        h.advance(15 * SEC);
+    }
+    assert_eq!(h.action_ids_of("Ping").len(), 1, "one unanswered heartbeat");
+    assert_eq!(h.conn.state(), State::Healthy);
+    let ping = h.action_ids_of("Ping")[0].clone();
+    h.reply(&success(&ping, "Ping: Pong\r\n"));
+    h.advance(15 * SEC);
+    assert_eq!(
+        h.action_ids_of("Ping").len(),
+        2,
+        "answered: the next one goes"
+    );
+}
+
+#[test]
+fn invalid_settings_never_panic() {
+    let mut cfg = config();
+    cfg.server_key = String::new();
+    cfg.connect_timeout = Duration::ZERO;
+    cfg.read_timeout = Duration::ZERO;
+    cfg.action_timeout = Duration::ZERO;
+    cfg.heartbeat_timeout = Duration::ZERO;
+    cfg.heartbeat_max_misses = 0;
+    cfg.close_timeout = Duration::ZERO;
+    cfg.max_pending_actions = 0;
+    cfg.max_list_items = 0;
+    cfg.event_queue_capacity = 0;
+    cfg.write_buffer_limit = 0;
+    cfg.limits = Limits {
+        max_frame_size: usize::MAX,
+        max_command_output: 0,
+    };
+    assert!(cfg.validate().is_err());
+    let mut h = Harness::new(cfg);
+    h.conn.handle_connected(h.now);
+    h.reply(BANNER);
+    // Held across inputs: the parser's limit arithmetic runs.
+    h.reply("Response: Success\r\nActionID: x\r\n");
+    h.reply("\r\nEvent: A\r\n");
+    h.reply("\r\n");
+    h.advance(SEC);
+    assert!(h.conn.send(h.now, action::Ping).is_err());
+    h.conn.handle_eof(h.now);
+    assert_eq!(h.conn.state(), State::Closed);
 }

@@ -380,3 +380,35 @@ Output:\r\nOutput:\ttab\r\n\r\n",
         Some("Command output follows")
     );
 }
+
+/// A legacy `Follows` response over its limit is discarded up to its
+/// `--END COMMAND--` line, not up to the first blank line of its body: wherever the
+/// input is cut, one discard (with the ActionID), then the next message.
+#[test]
+fn oversized_follows_is_discarded_up_to_its_sentinel_at_every_cut() {
+    let limits = Limits {
+        max_frame_size: 64,
+        max_command_output: 128,
+    };
+    let mut input = b"Response: Follows\r\nPrivilege: Command\r\nActionID: A-1\r\n".to_vec();
+    for i in 0..12 {
+        input.extend_from_slice(format!("Name{i}: value\n\n").as_bytes());
+    }
+    input.extend_from_slice(b"tail --END COMMAND--\r\n");
+    let discarded = input.len() as u64;
+    input.extend_from_slice(b"\r\nEvent: Next\r\n\r\n");
+    for cut in 0..=input.len() {
+        let items = parse_with(limits, &[&input[..cut], &input[cut..]]);
+        assert_eq!(
+            discards(&items),
+            [&Discard {
+                error: ParseError::OutputTooLarge { limit: 128 },
+                bytes: discarded,
+                action_id: Some("A-1".into()),
+            }],
+            "cut at {cut}"
+        );
+        let names: Vec<_> = messages(&items).iter().map(|m| m.event_name()).collect();
+        assert_eq!(names, [Some("Next")], "cut at {cut}");
+    }
+}
