@@ -6,13 +6,30 @@
 //!   [`handle_transport_error`](Connection::handle_transport_error),
 //!   [`handle_timeout`](Connection::handle_timeout);
 //! - mutators: [`send`](Connection::send), [`close`](Connection::close);
-//! - outputs: [`poll`](Connection::poll) (state changes, completions, reports, events),
+//! - outputs: [`poll`](Connection::poll) (state changes, completions, reports, events,
+//!   in wire order),
 //!   [`poll_transmit`](Connection::poll_transmit) / [`advance_transmit`](Connection::advance_transmit)
 //!   (bytes for the socket), [`poll_timeout`](Connection::poll_timeout) (the next deadline);
 //! - getters: [`state`](Connection::state), [`stats`](Connection::stats), ...
 //!
 //! After any input or mutator, write out `poll_transmit`, drain `poll`, and arm a
 //! timer for `poll_timeout`.
+//!
+//! ## Output order
+//! [`poll`](Connection::poll) hands outputs out in the order their causes arrived: a
+//! message in wire order, a timeout or a mutator when it happened. So the `Newchannel`
+//! events that Asterisk sent before an Originate's `OriginateResponse` come out before
+//! that Originate's completion. Two rules refine this:
+//! - **Priority events** (`Config::priority_events`) go ahead of ordinary events:
+//!   whenever the oldest queued event is due, the one that comes out is the oldest
+//!   priority event if one waits. A priority event may thus also pass the other
+//!   outputs (completions, state changes, reports) that arrived after the oldest
+//!   ordinary event still queued, never one that arrived before every queued event.
+//!   Without priority events the order is exactly the order of arrival.
+//! - [`Output::Closed`] is the very last output: everything that arrived before the
+//!   close comes out first, and nothing comes after it.
+//!
+//! Events may be dropped (oldest first) when the queue is full; nothing else is.
 //!
 //! Lifecycle (plan §15–16): `Connecting` → `AwaitingBanner` → `Authenticating`
 //! (plain `Login`, or `Challenge` then MD5 `Login`) → `Healthy` ⇄ `Degraded`
@@ -90,7 +107,8 @@ pub enum Output {
     /// A response (or message of unknown kind) that completes nothing: it names no
     /// pending action of this connection (also counted in [`Stats`]).
     Unmatched(Message),
-    /// An event. Events come after every other kind of output.
+    /// An event, in wire order with the other outputs (priority events go ahead of
+    /// ordinary ones; see [the module documentation](self#output-order)).
     Event(Event),
     /// The connection closed; nothing more will happen on it.
     Closed(CloseReason),
@@ -140,8 +158,10 @@ pub struct Connection {
     ids: ActionIds,
     registry: Registry,
     events: EventQueue,
-    /// Every output but events, in order.
-    outputs: VecDeque<Output>,
+    /// Every output but events, in order, each with the number of events queued
+    /// before it ([`EventCounters::queued`] then): an event whose queue index is lower
+    /// arrived first and comes out first.
+    outputs: VecDeque<(u64, Output)>,
     /// Reports among `outputs`.
     queued_reports: usize,
     transmit: Vec<u8>,
@@ -250,7 +270,8 @@ impl Connection {
 
     /// Whether outputs other than events (completions, state changes, reports) wait
     /// to be polled. They are never dropped, so a driver drains them even when it has
-    /// no time left for events.
+    /// no time left for events; since outputs keep wire order, reaching one may take
+    /// polling the events queued before it first (at most the queue's capacity).
     pub fn has_pending_outputs(&self) -> bool {
         !self.outputs.is_empty()
     }
@@ -421,20 +442,23 @@ impl Connection {
 
     // ----- outputs -----
 
-    /// The next output: state changes, completions and reports in order, then events
-    /// (priority events first). [`Output::Closed`] always comes last.
+    /// The next output, in the order the causes arrived (priority events ahead of
+    /// ordinary ones; see [the module documentation](self#output-order)).
+    /// [`Output::Closed`] always comes last.
     pub fn poll(&mut self) -> Option<Output> {
-        if matches!(self.outputs.front(), Some(Output::Closed(_))) && !self.events.is_empty() {
-            // `Closed` is the very last output: events received before it come first.
+        let event_first = match (self.outputs.front(), self.events.oldest_index()) {
+            (Some(&(queued_before, _)), Some(oldest)) => oldest < queued_before,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if event_first {
             return self.events.pop().map(Output::Event);
         }
-        if let Some(output) = self.outputs.pop_front() {
-            if matches!(output, Output::Discarded(_) | Output::Unmatched(_)) {
-                self.queued_reports -= 1;
-            }
-            return Some(output);
+        let (_, output) = self.outputs.pop_front()?;
+        if matches!(output, Output::Discarded(_) | Output::Unmatched(_)) {
+            self.queued_reports -= 1;
         }
-        self.events.pop().map(Output::Event)
+        Some(output)
     }
 
     /// Bytes to write to the socket (empty when there are none). After writing `n` of
@@ -639,7 +663,7 @@ impl Connection {
                     self.stats.failed += 1;
                 }
                 tracing::debug!(server_key = %self.server_key, action_id = %pending.action_id, ok = result.is_ok(), "action completed");
-                self.outputs.push_back(Output::Completed(Completion {
+                self.push_output(Output::Completed(Completion {
                     action_id: pending.action_id,
                     sent_at: pending.sent_at,
                     completed_at: now,
@@ -795,7 +819,7 @@ impl Connection {
             let at = self
                 .outputs
                 .iter()
-                .rposition(|o| {
+                .rposition(|(_, o)| {
                     matches!(
                         o,
                         Output::StateChanged {
@@ -805,10 +829,17 @@ impl Connection {
                     )
                 })
                 .unwrap_or(self.outputs.len());
-            self.outputs.insert(at, output);
+            let queued_before = self.events.counters().queued;
+            self.outputs.insert(at, (queued_before, output));
         } else {
-            self.outputs.push_back(output);
+            self.push_output(output);
         }
+    }
+
+    /// Queues an output other than an event, after every event queued so far.
+    fn push_output(&mut self, output: Output) {
+        let queued_before = self.events.counters().queued;
+        self.outputs.push_back((queued_before, output));
     }
 
     fn set_state(&mut self, to: State) {
@@ -818,7 +849,7 @@ impl Connection {
         }
         self.state = to;
         tracing::info!(server_key = %self.server_key, ?from, ?to, "connection state");
-        self.outputs.push_back(Output::StateChanged { from, to });
+        self.push_output(Output::StateChanged { from, to });
     }
 
     /// Closes for good: every pending action fails with `reason`, exactly once.
@@ -845,11 +876,11 @@ impl Connection {
         self.transmit.clear();
         self.transmitted = 0;
         tracing::info!(server_key = %self.server_key, ?from, %reason, "connection closed");
-        self.outputs.push_back(Output::StateChanged {
+        self.push_output(Output::StateChanged {
             from,
             to: State::Closed,
         });
         self.close_reason = Some(reason.clone());
-        self.outputs.push_back(Output::Closed(reason));
+        self.push_output(Output::Closed(reason));
     }
 }
