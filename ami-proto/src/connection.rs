@@ -57,6 +57,32 @@ const BANNER_PREFIX: &str = "Asterisk Call Manager/";
 /// most; past this they are only counted in [`Stats`].
 const MAX_QUEUED_REPORTS: usize = 1024;
 
+/// At most one warning per interval for one kind of bad input; what it holds back in
+/// between is counted and reported with the next line (like the event queue's drop
+/// warning).
+#[derive(Debug, Default)]
+struct WarnLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    /// Whether to log one more occurrence at `now`: `Some(n)` when a line is due, `n`
+    /// being the occurrences held back since the last line; `None` to stay quiet.
+    fn check(&mut self, now: Instant, interval: Duration) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= interval);
+        if due {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
 /// Whether a message is a broadcast event: those carry `Privilege:`, list items and
 /// responses do not (PROTOCOL-NOTES 21). A broadcast may carry our ActionID (the
 /// `UserEvent` action copies it) and is then still news for the application.
@@ -175,6 +201,11 @@ pub struct Connection {
     logged_in_at: Option<Instant>,
     close_reason: Option<CloseReason>,
     stats: Stats,
+    /// Rate limits of the warnings about discarded input, unmatched responses and
+    /// late replies.
+    discard_warnings: WarnLimit,
+    unmatched_warnings: WarnLimit,
+    late_warnings: WarnLimit,
 }
 
 impl std::fmt::Debug for Connection {
@@ -223,6 +254,9 @@ impl Connection {
             logged_in_at: None,
             close_reason: None,
             stats: Stats::default(),
+            discard_warnings: WarnLimit::default(),
+            unmatched_warnings: WarnLimit::default(),
+            late_warnings: WarnLimit::default(),
             config,
         }
     }
@@ -568,13 +602,18 @@ impl Connection {
     fn handle_discard(&mut self, now: Instant, discard: Discard) {
         self.stats.discards += 1;
         self.stats.discarded_bytes += discard.bytes;
-        tracing::warn!(
-            server_key = %self.server_key,
-            action_id = discard.action_id.as_deref().unwrap_or(""),
-            error = %discard.error,
-            bytes = discard.bytes,
-            "input discarded"
-        );
+        let interval = self.config.event_drop_log_interval;
+        if let Some(suppressed) = self.discard_warnings.check(now, interval) {
+            tracing::warn!(
+                server_key = %self.server_key,
+                action_id = discard.action_id.as_deref().unwrap_or(""),
+                error = %discard.error,
+                bytes = discard.bytes,
+                suppressed,
+                discards_total = self.stats.discards,
+                "input discarded"
+            );
+        }
         let counter = discard
             .action_id
             .as_deref()
@@ -622,7 +661,16 @@ impl Connection {
                 // a late response or the rest of a list. Counted, never delivered as
                 // if it were news.
                 self.stats.late_replies += 1;
-                tracing::debug!(server_key = %self.server_key, action_id = message.action_id().unwrap_or(""), "late reply dropped");
+                let interval = self.config.event_drop_log_interval;
+                if let Some(suppressed) = self.late_warnings.check(now, interval) {
+                    tracing::warn!(
+                        server_key = %self.server_key,
+                        action_id = message.action_id().unwrap_or(""),
+                        suppressed,
+                        late_replies_total = self.stats.late_replies,
+                        "late reply dropped"
+                    );
+                }
                 return;
             }
             None => message,
@@ -648,7 +696,16 @@ impl Connection {
             }
         } else {
             self.stats.unmatched += 1;
-            tracing::debug!(server_key = %self.server_key, action_id = message.action_id().unwrap_or(""), "unmatched response");
+            let interval = self.config.event_drop_log_interval;
+            if let Some(suppressed) = self.unmatched_warnings.check(now, interval) {
+                tracing::warn!(
+                    server_key = %self.server_key,
+                    action_id = message.action_id().unwrap_or(""),
+                    suppressed,
+                    unmatched_total = self.stats.unmatched,
+                    "unmatched response"
+                );
+            }
             self.report(Output::Unmatched(message));
         }
     }
