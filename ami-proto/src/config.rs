@@ -83,7 +83,11 @@ pub struct Config {
     pub blocked_events: Vec<String>,
     /// Event names delivered ahead of the rest (e.g. `DialBegin`).
     pub priority_events: Vec<String>,
-    /// At most one drop warning per this interval (`event_drop_log_interval_ms`, 1 s).
+    /// At most one warning per this interval for each kind of loss, per connection:
+    /// dropped events, discarded input, unmatched responses, late replies
+    /// (`event_drop_log_interval_ms`, 1 s). Each line says how many it held back since
+    /// the last one; every occurrence is counted in
+    /// [`Stats`](crate::connection::Stats) either way.
     pub event_drop_log_interval: Duration,
     /// What the connection masks in its logs, errors and close reasons (`redaction_keys`,
     /// `redaction_key_patterns`, `redaction_value_patterns`; the built-in keys only by

@@ -6,13 +6,30 @@
 //!   [`handle_transport_error`](Connection::handle_transport_error),
 //!   [`handle_timeout`](Connection::handle_timeout);
 //! - mutators: [`send`](Connection::send), [`close`](Connection::close);
-//! - outputs: [`poll`](Connection::poll) (state changes, completions, reports, events),
+//! - outputs: [`poll`](Connection::poll) (state changes, completions, reports, events,
+//!   in wire order),
 //!   [`poll_transmit`](Connection::poll_transmit) / [`advance_transmit`](Connection::advance_transmit)
 //!   (bytes for the socket), [`poll_timeout`](Connection::poll_timeout) (the next deadline);
 //! - getters: [`state`](Connection::state), [`stats`](Connection::stats), ...
 //!
 //! After any input or mutator, write out `poll_transmit`, drain `poll`, and arm a
 //! timer for `poll_timeout`.
+//!
+//! ## Output order
+//! [`poll`](Connection::poll) hands outputs out in the order their causes arrived: a
+//! message in wire order, a timeout or a mutator when it happened. So the `Newchannel`
+//! events that Asterisk sent before an Originate's `OriginateResponse` come out before
+//! that Originate's completion. Two rules refine this:
+//! - **Priority events** (`Config::priority_events`) go ahead of ordinary events:
+//!   whenever the oldest queued event is due, the one that comes out is the oldest
+//!   priority event if one waits. A priority event may thus also pass the other
+//!   outputs (completions, state changes, reports) that arrived after the oldest
+//!   ordinary event still queued, never one that arrived before every queued event.
+//!   Without priority events the order is exactly the order of arrival.
+//! - [`Output::Closed`] is the very last output: everything that arrived before the
+//!   close comes out first, and nothing comes after it.
+//!
+//! Events may be dropped (oldest first) when the queue is full; nothing else is.
 //!
 //! Lifecycle (plan §15–16): `Connecting` → `AwaitingBanner` → `Authenticating`
 //! (plain `Login`, or `Challenge` then MD5 `Login`) → `Healthy` ⇄ `Degraded`
@@ -40,6 +57,32 @@ const BANNER_PREFIX: &str = "Asterisk Call Manager/";
 /// Reports ([`Output::Discarded`], [`Output::Unmatched`]) held for the application at
 /// most; past this they are only counted in [`Stats`].
 const MAX_QUEUED_REPORTS: usize = 1024;
+
+/// At most one warning per interval for one kind of bad input; what it holds back in
+/// between is counted and reported with the next line (like the event queue's drop
+/// warning).
+#[derive(Debug, Default)]
+struct WarnLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    /// Whether to log one more occurrence at `now`: `Some(n)` when a line is due, `n`
+    /// being the occurrences held back since the last line; `None` to stay quiet.
+    fn check(&mut self, now: Instant, interval: Duration) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= interval);
+        if due {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
 
 /// Whether a message is a broadcast event: those carry `Privilege:`, list items and
 /// responses do not (PROTOCOL-NOTES 21). A broadcast may carry our ActionID (the
@@ -91,7 +134,8 @@ pub enum Output {
     /// A response (or message of unknown kind) that completes nothing: it names no
     /// pending action of this connection (also counted in [`Stats`]).
     Unmatched(Message),
-    /// An event. Events come after every other kind of output.
+    /// An event, in wire order with the other outputs (priority events go ahead of
+    /// ordinary ones; see [the module documentation](self#output-order)).
     Event(Event),
     /// The connection closed; nothing more will happen on it.
     Closed(CloseReason),
@@ -143,8 +187,10 @@ pub struct Connection {
     ids: ActionIds,
     registry: Registry,
     events: EventQueue,
-    /// Every output but events, in order.
-    outputs: VecDeque<Output>,
+    /// Every output but events, in order, each with the number of events queued
+    /// before it ([`EventCounters::queued`] then): an event whose queue index is lower
+    /// arrived first and comes out first.
+    outputs: VecDeque<(u64, Output)>,
     /// Reports among `outputs`.
     queued_reports: usize,
     transmit: Vec<u8>,
@@ -158,6 +204,11 @@ pub struct Connection {
     logged_in_at: Option<Instant>,
     close_reason: Option<CloseReason>,
     stats: Stats,
+    /// Rate limits of the warnings about discarded input, unmatched responses and
+    /// late replies.
+    discard_warnings: WarnLimit,
+    unmatched_warnings: WarnLimit,
+    late_warnings: WarnLimit,
 }
 
 impl std::fmt::Debug for Connection {
@@ -207,6 +258,9 @@ impl Connection {
             logged_in_at: None,
             close_reason: None,
             stats: Stats::default(),
+            discard_warnings: WarnLimit::default(),
+            unmatched_warnings: WarnLimit::default(),
+            late_warnings: WarnLimit::default(),
             config,
         }
     }
@@ -262,7 +316,8 @@ impl Connection {
 
     /// Whether outputs other than events (completions, state changes, reports) wait
     /// to be polled. They are never dropped, so a driver drains them even when it has
-    /// no time left for events.
+    /// no time left for events; since outputs keep wire order, reaching one may take
+    /// polling the events queued before it first (at most the queue's capacity).
     pub fn has_pending_outputs(&self) -> bool {
         !self.outputs.is_empty()
     }
@@ -433,20 +488,23 @@ impl Connection {
 
     // ----- outputs -----
 
-    /// The next output: state changes, completions and reports in order, then events
-    /// (priority events first). [`Output::Closed`] always comes last.
+    /// The next output, in the order the causes arrived (priority events ahead of
+    /// ordinary ones; see [the module documentation](self#output-order)).
+    /// [`Output::Closed`] always comes last.
     pub fn poll(&mut self) -> Option<Output> {
-        if matches!(self.outputs.front(), Some(Output::Closed(_))) && !self.events.is_empty() {
-            // `Closed` is the very last output: events received before it come first.
+        let event_first = match (self.outputs.front(), self.events.oldest_index()) {
+            (Some(&(queued_before, _)), Some(oldest)) => oldest < queued_before,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if event_first {
             return self.events.pop().map(Output::Event);
         }
-        if let Some(output) = self.outputs.pop_front() {
-            if matches!(output, Output::Discarded(_) | Output::Unmatched(_)) {
-                self.queued_reports -= 1;
-            }
-            return Some(output);
+        let (_, output) = self.outputs.pop_front()?;
+        if matches!(output, Output::Discarded(_) | Output::Unmatched(_)) {
+            self.queued_reports -= 1;
         }
-        self.events.pop().map(Output::Event)
+        Some(output)
     }
 
     /// Bytes to write to the socket (empty when there are none). After writing `n` of
@@ -554,13 +612,18 @@ impl Connection {
     fn handle_discard(&mut self, now: Instant, discard: Discard) {
         self.stats.discards += 1;
         self.stats.discarded_bytes += discard.bytes;
-        tracing::warn!(
-            server_key = %self.server_key,
-            action_id = self.redactor.mask_text(discard.action_id.as_deref().unwrap_or("")).as_ref(),
-            error = %discard.error,
-            bytes = discard.bytes,
-            "input discarded"
-        );
+        let interval = self.config.event_drop_log_interval;
+        if let Some(suppressed) = self.discard_warnings.check(now, interval) {
+            tracing::warn!(
+                server_key = %self.server_key,
+                action_id = self.redactor.mask_text(discard.action_id.as_deref().unwrap_or("")).as_ref(),
+                error = %discard.error,
+                bytes = discard.bytes,
+                suppressed,
+                discards_total = self.stats.discards,
+                "input discarded"
+            );
+        }
         let counter = discard
             .action_id
             .as_deref()
@@ -608,7 +671,16 @@ impl Connection {
                 // a late response or the rest of a list. Counted, never delivered as
                 // if it were news.
                 self.stats.late_replies += 1;
-                tracing::debug!(server_key = %self.server_key, action_id = self.redactor.mask_text(message.action_id().unwrap_or("")).as_ref(), "late reply dropped");
+                let interval = self.config.event_drop_log_interval;
+                if let Some(suppressed) = self.late_warnings.check(now, interval) {
+                    tracing::warn!(
+                        server_key = %self.server_key,
+                        action_id = self.redactor.mask_text(message.action_id().unwrap_or("")).as_ref(),
+                        suppressed,
+                        late_replies_total = self.stats.late_replies,
+                        "late reply dropped"
+                    );
+                }
                 return;
             }
             None => message,
@@ -634,7 +706,16 @@ impl Connection {
             }
         } else {
             self.stats.unmatched += 1;
-            tracing::debug!(server_key = %self.server_key, action_id = self.redactor.mask_text(message.action_id().unwrap_or("")).as_ref(), "unmatched response");
+            let interval = self.config.event_drop_log_interval;
+            if let Some(suppressed) = self.unmatched_warnings.check(now, interval) {
+                tracing::warn!(
+                    server_key = %self.server_key,
+                    action_id = self.redactor.mask_text(message.action_id().unwrap_or("")).as_ref(),
+                    suppressed,
+                    unmatched_total = self.stats.unmatched,
+                    "unmatched response"
+                );
+            }
             self.report(Output::Unmatched(message));
         }
     }
@@ -651,7 +732,7 @@ impl Connection {
                 tracing::debug!(server_key = %self.server_key, action_id = %pending.action_id, ok = result.is_ok(), "action completed");
                 // The server's text in an error is returned with the secret masked.
                 let result = result.map_err(|error| self.redactor.mask_error(error));
-                self.outputs.push_back(Output::Completed(Completion {
+                self.push_output(Output::Completed(Completion {
                     action_id: pending.action_id,
                     sent_at: pending.sent_at,
                     completed_at: now,
@@ -807,7 +888,7 @@ impl Connection {
             let at = self
                 .outputs
                 .iter()
-                .rposition(|o| {
+                .rposition(|(_, o)| {
                     matches!(
                         o,
                         Output::StateChanged {
@@ -817,10 +898,17 @@ impl Connection {
                     )
                 })
                 .unwrap_or(self.outputs.len());
-            self.outputs.insert(at, output);
+            let queued_before = self.events.counters().queued;
+            self.outputs.insert(at, (queued_before, output));
         } else {
-            self.outputs.push_back(output);
+            self.push_output(output);
         }
+    }
+
+    /// Queues an output other than an event, after every event queued so far.
+    fn push_output(&mut self, output: Output) {
+        let queued_before = self.events.counters().queued;
+        self.outputs.push_back((queued_before, output));
     }
 
     fn set_state(&mut self, to: State) {
@@ -830,7 +918,7 @@ impl Connection {
         }
         self.state = to;
         tracing::info!(server_key = %self.server_key, ?from, ?to, "connection state");
-        self.outputs.push_back(Output::StateChanged { from, to });
+        self.push_output(Output::StateChanged { from, to });
     }
 
     /// Closes for good: every pending action fails with `reason`, exactly once.
@@ -859,11 +947,11 @@ impl Connection {
         self.transmit.clear();
         self.transmitted = 0;
         tracing::info!(server_key = %self.server_key, ?from, %reason, "connection closed");
-        self.outputs.push_back(Output::StateChanged {
+        self.push_output(Output::StateChanged {
             from,
             to: State::Closed,
         });
         self.close_reason = Some(reason.clone());
-        self.outputs.push_back(Output::Closed(reason));
+        self.push_output(Output::Closed(reason));
     }
 }

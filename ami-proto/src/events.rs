@@ -98,11 +98,15 @@ pub struct EventCounters {
 }
 
 /// The bounded, drop-oldest event queue of one connection.
+///
+/// Each queued event keeps its *index*: how many events were queued before it. The
+/// connection compares indexes with its other outputs to hand everything out in wire
+/// order ([`EventQueue::oldest_index`]).
 #[derive(Debug)]
 pub struct EventQueue {
     capacity: usize,
-    priority: VecDeque<Event>,
-    normal: VecDeque<Event>,
+    priority: VecDeque<(u64, Event)>,
+    normal: VecDeque<(u64, Event)>,
     blocked_names: Vec<String>,
     priority_names: Vec<String>,
     counters: EventCounters,
@@ -172,10 +176,11 @@ impl EventQueue {
             }
             dropped = true;
         }
+        let index = self.counters.queued;
         if is_priority {
-            self.priority.push_back(event);
+            self.priority.push_back((index, event));
         } else {
-            self.normal.push_back(event);
+            self.normal.push_back((index, event));
         }
         self.counters.queued += 1;
         if !dropped {
@@ -202,6 +207,19 @@ impl EventQueue {
         self.priority
             .pop_front()
             .or_else(|| self.normal.pop_front())
+            .map(|(_, event)| event)
+    }
+
+    /// The index (events queued before it, [`EventCounters::queued`] at the time) of
+    /// the oldest event waiting, priority or not; `None` when empty. The event
+    /// [`pop`](Self::pop) returns next is this one or, when a priority event waits, the
+    /// oldest priority event.
+    pub fn oldest_index(&self) -> Option<u64> {
+        let front = |queue: &VecDeque<(u64, Event)>| queue.front().map(|&(index, _)| index);
+        match (front(&self.priority), front(&self.normal)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Events waiting.

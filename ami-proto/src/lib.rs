@@ -86,7 +86,10 @@
 //!   There is no process-wide policy; see [`redact`].
 //! - Logging goes through `tracing` with the fields `server_key`, `action_id` and
 //!   `queue_depth`; without a subscriber it is silent. Frames are logged only at trace
-//!   level, redacted.
+//!   level, redacted. Warnings about lost input (dropped events, discarded input,
+//!   unmatched responses, late replies) are rate-limited: at most one line per
+//!   `Config::event_drop_log_interval` for each kind, per connection, each saying how
+//!   many it held back.
 
 pub mod action;
 pub mod config;

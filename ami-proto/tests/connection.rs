@@ -2011,15 +2011,106 @@ fn priority_events_come_first() {
     );
 }
 
+/// What each output is, in order, for order assertions.
+fn labels(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .map(|o| match o {
+            Output::Event(e) => e.name().to_owned(),
+            Output::Completed(done) => format!("done {}", done.action_id),
+            Output::StateChanged { to, .. } => format!("{to:?}"),
+            Output::Discarded(_) => "discarded".to_owned(),
+            Output::Unmatched(_) => "unmatched".to_owned(),
+            Output::Closed(_) => "closed".to_owned(),
+        })
+        .collect()
+}
+
 #[test]
-fn events_come_after_completions_and_state_changes() {
+fn outputs_keep_wire_order() {
     let mut h = Harness::logged_in(quiet_config());
     let id = h.conn.send(h.now, action::Ping).unwrap();
     h.reply("Event: Hangup\r\n\r\n");
     h.reply(&success(&id, ""));
+    h.reply("Event: Newchannel\r\n\r\n");
+    assert_eq!(
+        labels(&h.outputs()),
+        ["Hangup", &format!("done {id}"), "Newchannel"]
+    );
+}
+
+/// An Originate completes with its `OriginateResponse`; the channel events Asterisk
+/// sent before it come out before the completion, not after.
+#[test]
+fn originate_completion_comes_after_the_events_that_preceded_its_final_message() {
+    let mut h = Harness::logged_in(quiet_config());
+    let id = h.conn.send(h.now, originate()).unwrap();
+    h.reply(&success(&id, "Message: Originate successfully queued\r\n"));
+    h.reply("Event: Newchannel\r\nPrivilege: call,all\r\nChannel: PJSIP/100-00000001\r\n\r\n");
+    h.reply("Event: Newstate\r\nPrivilege: call,all\r\nChannel: PJSIP/100-00000001\r\n\r\n");
+    h.reply(&originate_response(&id, "Success", 4));
+    h.reply("Event: Hangup\r\nPrivilege: call,all\r\nChannel: PJSIP/100-00000001\r\n\r\n");
+    assert_eq!(
+        labels(&h.outputs()),
+        ["Newchannel", "Newstate", &format!("done {id}"), "Hangup"]
+    );
+}
+
+/// Timeouts and state changes take their place among the events too.
+#[test]
+fn timeouts_and_state_changes_keep_their_place_among_events() {
+    let mut h = Harness::logged_in(config());
+    h.reply("Event: A\r\n\r\n");
+    h.advance(15 * SEC); // heartbeat Ping sent
+    h.reply("Event: B\r\n\r\n");
+    h.advance(5 * SEC); // unanswered: Degraded
+    h.reply("Event: C\r\n\r\n");
+    h.conn.handle_eof(h.now);
+    assert_eq!(
+        labels(&h.outputs()),
+        ["A", "B", "Degraded", "C", "Closed", "closed"]
+    );
+}
+
+/// Priority events go ahead of ordinary events: the oldest priority event takes the
+/// place of the oldest queued event, and so also passes the outputs that arrived after
+/// that event; never one that arrived before every queued event.
+#[test]
+fn priority_events_go_ahead_of_ordinary_events_only() {
+    let mut cfg = quiet_config();
+    cfg.priority_events = vec!["DialBegin".into()];
+    let mut h = Harness::logged_in(cfg);
+    let first = h.conn.send(h.now, action::Ping).unwrap();
+    let second = h.conn.send(h.now, action::Ping).unwrap();
+    h.reply(&success(&first, ""));
+    h.reply("Event: Newchannel\r\n\r\n");
+    h.reply(&success(&second, ""));
+    h.reply("Event: DialBegin\r\n\r\n");
+    h.reply("Event: Hangup\r\n\r\n");
+    assert_eq!(
+        labels(&h.outputs()),
+        [
+            &format!("done {first}"),
+            "DialBegin",
+            "Newchannel",
+            &format!("done {second}"),
+            "Hangup"
+        ]
+    );
+}
+
+/// `Closed` stays the very last output, after the events that arrived before it.
+#[test]
+fn closed_is_the_very_last_output() {
+    let mut h = Harness::logged_in(quiet_config());
+    let id = h.conn.send(h.now, action::Ping).unwrap();
+    h.reply("Event: A\r\n\r\n");
+    h.conn.handle_transport_error(h.now, &"reset");
     let outputs = h.outputs();
-    assert!(matches!(outputs[0], Output::Completed(_)), "{outputs:?}");
-    assert!(matches!(outputs[1], Output::Event(_)), "{outputs:?}");
+    assert_eq!(
+        labels(&outputs),
+        ["A", &format!("done {id}"), "Closed", "closed"]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -2154,16 +2245,16 @@ fn garbage_mid_stream_is_discarded_and_the_connection_carries_on() {
     input.extend_from_slice(b"Event: B\r\n\r\n");
     h.reply_bytes(&input);
     let outputs = h.outputs();
+    // In wire order: the event before the garbage, its report, the event after.
     assert_eq!(
-        outputs[0],
+        outputs[1],
         Output::Discarded(Discard {
             error: ParseError::MalformedLine,
             bytes: garbage.len() as u64,
             action_id: None
         })
     );
-    assert_eq!(event_names(&outputs), ["A", "B"]);
-    assert_eq!(outputs.len(), 3);
+    assert_eq!(labels(&outputs), ["A", "discarded", "B"]);
     let stats = h.conn.stats();
     assert_eq!(
         (stats.discards, stats.discarded_bytes),

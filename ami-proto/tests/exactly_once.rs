@@ -410,6 +410,8 @@ impl World {
             assert_eq!(outputs, [], "output after Closed");
         }
         for output in outputs {
+            // Closed is the very last output, also within one batch.
+            assert!(!self.closed, "{output:?} after Closed");
             match output {
                 Output::Completed(done) => {
                     assert!(
