@@ -4,8 +4,9 @@
 //! per-connection `Stats` start again with every connection) and hands out a
 //! [`NodeMetrics`] snapshot. [`render_prometheus`] writes snapshots in the Prometheus
 //! text exposition format under the seeds' names: `ami_connection_status`,
-//! `ami_dropped_events_total`, `ami_action_latency_ms`, plus pending actions and
-//! reconnect attempts.
+//! `ami_dropped_events_total`, `ami_action_latency_ms`, plus pending actions,
+//! reconnect attempts, and the bad input the core counted (discarded messages and
+//! bytes, unmatched responses, late replies).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -88,12 +89,23 @@ pub struct NodeMetrics {
     pub actions_failed: u64,
     /// Actions refused at send time (not ready, backpressure, too many pending).
     pub actions_refused: u64,
+    /// `ami_discarded_messages_total`: discards reported by the parser (malformed or
+    /// oversized messages, input cut mid-message) over all connections.
+    pub discarded_messages_total: u64,
+    /// `ami_discarded_bytes_total`: bytes the parser discarded over all connections.
+    pub discarded_bytes_total: u64,
+    /// `ami_unmatched_responses_total`: responses that named no pending action of
+    /// their connection, over all connections.
+    pub unmatched_responses_total: u64,
+    /// `ami_late_replies_total`: replies to actions that had already completed (timed
+    /// out or failed early), over all connections.
+    pub late_replies_total: u64,
 }
 
 /// Writes `servers` (key, snapshot) in the Prometheus text exposition format.
 pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
     type Gauge = fn(&NodeMetrics) -> u64;
-    let simple: [(&str, &str, &str, Gauge); 9] = [
+    let simple: [(&str, &str, &str, Gauge); 13] = [
         (
             "ami_connection_status",
             "gauge",
@@ -147,6 +159,30 @@ pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
             "counter",
             "Actions refused at send time.",
             |m| m.actions_refused,
+        ),
+        (
+            "ami_discarded_messages_total",
+            "counter",
+            "Messages the parser discarded (malformed, oversized or cut off).",
+            |m| m.discarded_messages_total,
+        ),
+        (
+            "ami_discarded_bytes_total",
+            "counter",
+            "Bytes the parser discarded.",
+            |m| m.discarded_bytes_total,
+        ),
+        (
+            "ami_unmatched_responses_total",
+            "counter",
+            "Responses that named no pending action.",
+            |m| m.unmatched_responses_total,
+        ),
+        (
+            "ami_late_replies_total",
+            "counter",
+            "Replies to actions that had already completed.",
+            |m| m.late_replies_total,
         ),
     ];
     for (name, kind, help, value) in simple {
@@ -218,6 +254,10 @@ mod tests {
             actions_completed: 0,
             actions_failed: 0,
             actions_refused: 0,
+            discarded_messages_total: 4,
+            discarded_bytes_total: 1234,
+            unmatched_responses_total: 5,
+            late_replies_total: 6,
         }
     }
 
@@ -263,6 +303,19 @@ mod tests {
         assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"+Inf\"} 3\n"));
         assert!(out.contains("ami_action_latency_ms_sum{server=\"node_1\"} 306.000\n"));
         assert!(out.contains("ami_action_latency_ms_count{server=\"node_1\"} 3\n"));
+        for (name, value) in [
+            ("ami_discarded_messages_total", 4),
+            ("ami_discarded_bytes_total", 1234),
+            ("ami_unmatched_responses_total", 5),
+            ("ami_late_replies_total", 6),
+        ] {
+            assert!(out.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(out.contains(&format!("# TYPE {name} counter\n")), "{name}");
+            assert!(
+                out.contains(&format!("{name}{{server=\"node_1\"}} {value}\n")),
+                "{name}"
+            );
+        }
         // Every sample line is `name{labels} value`.
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();

@@ -94,6 +94,11 @@ enum Mode {
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
     dropped_events_closed: u64,
+    /// Bad input counted by connections already replaced.
+    discards_closed: u64,
+    discarded_bytes_closed: u64,
+    unmatched_closed: u64,
+    late_replies_closed: u64,
     established: u64,
     failures: u64,
     lost: u64,
@@ -392,6 +397,11 @@ impl Node {
             actions_completed: c.completed,
             actions_failed: c.failed,
             actions_refused: c.refused,
+            discarded_messages_total: c.discards_closed + current.map_or(0, |s| s.discards),
+            discarded_bytes_total: c.discarded_bytes_closed
+                + current.map_or(0, |s| s.discarded_bytes),
+            unmatched_responses_total: c.unmatched_closed + current.map_or(0, |s| s.unmatched),
+            late_replies_total: c.late_replies_closed + current.map_or(0, |s| s.late_replies),
         }
     }
 
@@ -414,7 +424,12 @@ impl Node {
         }
         if let Some(mut old) = self.conn.take() {
             // Whatever the application has not polled yet is kept, in order.
-            self.counters.dropped_events_closed += old.stats().events.dropped;
+            let stats = old.stats();
+            self.counters.dropped_events_closed += stats.events.dropped;
+            self.counters.discards_closed += stats.discards;
+            self.counters.discarded_bytes_closed += stats.discarded_bytes;
+            self.counters.unmatched_closed += stats.unmatched;
+            self.counters.late_replies_closed += stats.late_replies;
             while let Some(output) = old.poll() {
                 if let Some(output) = self.observe(output) {
                     self.outputs.push_back(NodeOutput::Connection(output));

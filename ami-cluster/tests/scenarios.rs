@@ -511,3 +511,57 @@ fn policy_durations_too_long_for_a_deadline_mean_never() {
     });
     assert_eq!(opened, Some(None), "opened without an end");
 }
+
+/// Bad input the core counts (discarded messages and bytes, unmatched responses, late
+/// replies) is in the node's metrics and their Prometheus text, kept across
+/// connections like the other counters.
+#[test]
+fn bad_input_counters_are_kept_across_connections_and_rendered() {
+    const GARBAGE: &[u8] = b"no colon here\r\n\r\n";
+    let mut net = net(1, |_| SimConfig::new(), 16);
+    net.cluster.connect_all(net.now);
+    for generation in 1..=2 {
+        net.run_for(Duration::from_secs(1));
+        let now = net.now;
+        let session = net.links[0].as_mut().expect("session");
+        session.inject(now, Fault::Garbage(GARBAGE.to_vec()));
+        let foreign = b"Response: Success\r\nActionID: foreign-1\r\n\r\n";
+        session.inject(now, Fault::Garbage(foreign.to_vec()));
+        // The login's ActionID (counter 1): that action completed long ago.
+        let late = format!("Response: Success\r\nActionID: node_0-7-{generation}-1\r\n\r\n");
+        session.inject(now, Fault::Garbage(late.into_bytes()));
+        net.run_for(Duration::from_secs(1));
+        let stats = net.cluster.node(ServerId(0)).connection().unwrap().stats();
+        assert_eq!(
+            (stats.discards, stats.unmatched, stats.late_replies),
+            (1, 1, 1),
+            "generation {generation}: {stats:?}"
+        );
+        net.cut(0);
+    }
+    net.run_for(Duration::from_secs(5));
+    let node = net.cluster.node(ServerId(0));
+    assert_eq!(
+        node.generation(),
+        3,
+        "a third connection replaced the others"
+    );
+    let m = node.metrics();
+    assert_eq!(m.discarded_messages_total, 2);
+    assert_eq!(m.discarded_bytes_total, 2 * GARBAGE.len() as u64);
+    assert_eq!(m.unmatched_responses_total, 2);
+    assert_eq!(m.late_replies_total, 2);
+    let mut text = String::new();
+    ami_cluster::render_prometheus(&[("node_0", m)], &mut text);
+    for line in [
+        "ami_discarded_messages_total{server=\"node_0\"} 2\n".to_owned(),
+        format!(
+            "ami_discarded_bytes_total{{server=\"node_0\"}} {}\n",
+            2 * GARBAGE.len()
+        ),
+        "ami_unmatched_responses_total{server=\"node_0\"} 2\n".to_owned(),
+        "ami_late_replies_total{server=\"node_0\"} 2\n".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+    }
+}

@@ -312,6 +312,15 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         Just(b"\r\n\n".to_vec()),
         Just(b"Message: bare\n\r\n".to_vec()),
         Just(format!("Event: Big\r\nData: {}\r\n\r\n", "b".repeat(300)).into_bytes()),
+        // A legacy command response over every limit, its body with blank lines and
+        // header-like lines: discarded up to its sentinel line.
+        Just(
+            format!(
+                "Response: Follows\r\nPrivilege: Command\r\nActionID: f-1\r\n{}end--END COMMAND--\r\n\r\n",
+                "Key: v\n\n".repeat(80)
+            )
+            .into_bytes()
+        ),
         Just(
             format!(
                 "Response: Success\r\n{}\r\n",
