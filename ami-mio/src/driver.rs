@@ -43,11 +43,11 @@ pub struct DriverOptions {
     /// Time a tick may spend running event listeners before it reads the sockets
     /// again (default 10 ms). Events not dispatched wait in the bounded queue.
     pub dispatch_budget: Duration,
-    /// Bytes read from one server per tick at most (default 128 KiB), so that one
-    /// flooding server cannot starve the others. Kept small on purpose: the events of
-    /// one tick's reads are held until the tick dispatches them, and 1 MiB of them per
-    /// tick made the heap grow and shrink every tick (page faults and `brk` calls) for
-    /// no gain in throughput.
+    /// Bytes read from one server per tick at most (default 1 MiB), so that one
+    /// flooding server cannot starve the others. A smaller budget is faster with a
+    /// quick listener, but with a slow one it caps how fast the socket is drained, and
+    /// Asterisk cuts a reader whose socket stays full for 100 ms (its writetimeout):
+    /// the real-Asterisk slow-listener tests lost their session at 128 KiB.
     pub read_budget: usize,
     /// Actions other threads may have in flight to the driver (default 1024).
     pub submit_capacity: usize,
@@ -69,7 +69,7 @@ impl Default for DriverOptions {
             enforce_ip_endpoints: true,
             resolver: None,
             dispatch_budget: Duration::from_millis(10),
-            read_budget: 128 * 1024,
+            read_budget: 1024 * 1024,
             submit_capacity: 1024,
             policy: Policy::default(),
             seed: None,
