@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::action::EventMask;
+use crate::budget::MemoryBudget;
 use crate::parser::Limits;
 use crate::redact::Secret;
 
@@ -64,6 +65,13 @@ pub struct Config {
     pub priority_events: Vec<String>,
     /// At most one drop warning per this interval (`event_drop_log_interval_ms`, 1 s).
     pub event_drop_log_interval: Duration,
+    /// The memory budget this connection charges what it holds to (`memory_limit`,
+    /// 128 MiB): see [`budget`](crate::budget) for what is charged and what happens at
+    /// the limit. [`Config::new`] makes a fresh budget, a cap for this server alone
+    /// (and its reconnects, which share the clone); drivers and clusters give every
+    /// server's `Config` the same budget (`config.budget = shared.clone()`) to make it
+    /// one cap for the whole client.
+    pub budget: MemoryBudget,
 }
 
 impl Config {
@@ -94,6 +102,7 @@ impl Config {
             blocked_events: Vec::new(),
             priority_events: Vec::new(),
             event_drop_log_interval: Duration::from_millis(1000),
+            budget: MemoryBudget::default(),
         }
     }
 }

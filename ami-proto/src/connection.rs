@@ -25,19 +25,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::action::{self, Action};
+use crate::budget::{
+    ACTION_OVERHEAD, Charge, INPUT_EXEMPTION, MESSAGE_OVERHEAD, MemoryBudget, TRIM_CAPACITY,
+};
 use crate::config::{AuthMethod, Config};
 use crate::correlation::{ActionIds, Completion, Pending, Progress, Purpose, Registry, Reply};
 use crate::error::{ActionError, CloseReason, SendError, Stage};
-use crate::events::{Event, EventCounters, EventQueue, Pushed};
+use crate::events::{Event, EventCounters, EventQueue, Pushed, Source};
 use crate::message::{Message, MessageKind};
-use crate::parser::{Discard, Parsed, Parser};
+use crate::parser::{Discard, ParseError, Parsed, Parser};
 use crate::timers::{Timer, TimerTable};
 
 /// What the banner of an Asterisk manager interface starts with.
 const BANNER_PREFIX: &str = "Asterisk Call Manager/";
 
 /// Reports ([`Output::Discarded`], [`Output::Unmatched`]) held for the application at
-/// most; past this they are only counted in [`Stats`].
+/// most; past this (or when the memory budget cannot take them) they are only counted
+/// in [`Stats`].
 const MAX_QUEUED_REPORTS: usize = 1024;
 
 /// Whether a message is a broadcast event: those carry `Privilege:`, list items and
@@ -45,6 +49,14 @@ const MAX_QUEUED_REPORTS: usize = 1024;
 /// `UserEvent` action copies it) and is then still news for the application.
 fn is_broadcast(message: &Message) -> bool {
     message.kind() == MessageKind::Event && message.get("Privilege").is_some()
+}
+
+/// What a queued report holds of the memory budget.
+fn report_size(output: &Output) -> usize {
+    match output {
+        Output::Unmatched(message) => message.charged_size(),
+        _ => MESSAGE_OVERHEAD,
+    }
 }
 
 /// Where a connection is in its life.
@@ -105,7 +117,7 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Messages parsed.
     pub messages: u64,
-    /// Event queue counters (queued, dropped oldest, blocked).
+    /// Event queue counters (queued, dropped oldest, dropped for memory, blocked).
     pub events: EventCounters,
     /// Discards reported by the parser.
     pub discards: u64,
@@ -135,6 +147,8 @@ pub struct Stats {
 pub struct Connection {
     config: Config,
     server_key: Arc<str>,
+    /// The server key and the memory budget, shared with every event.
+    source: Arc<Source>,
     state: State,
     parser: Parser,
     ids: ActionIds,
@@ -147,6 +161,13 @@ pub struct Connection {
     transmit: Vec<u8>,
     /// Bytes of `transmit` already taken by the driver.
     transmitted: usize,
+    /// The budget's charge for the input the parser holds (`parser.buffered()` bytes
+    /// after each input).
+    input_charge: Charge,
+    /// The budget's charge for `transmit` (`transmit.len()` bytes).
+    transmit_charge: Charge,
+    /// The budget's charge for the reports among `outputs`.
+    reports_charge: Charge,
     timers: TimerTable,
     heartbeat_misses: u32,
     banner: Option<String>,
@@ -164,6 +185,7 @@ impl std::fmt::Debug for Connection {
             .field("queued_events", &self.events.len())
             .field("queued_transmit", &self.queued_transmit())
             .field("buffered_input", &self.parser.buffered())
+            .field("budget", &self.config.budget)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -178,8 +200,13 @@ impl Connection {
     pub fn new(config: Config, instance: u32, generation: u64, now: Instant) -> Self {
         let mut timers = TimerTable::default();
         timers.set(Timer::Connect, now + config.connect_timeout);
+        let server_key: Arc<str> = Arc::from(config.server_key.as_str());
         Connection {
-            server_key: Arc::from(config.server_key.as_str()),
+            source: Arc::new(Source {
+                server_key: server_key.clone(),
+                budget: config.budget.clone(),
+            }),
+            server_key,
             state: State::Connecting,
             parser: Parser::new(config.limits),
             ids: ActionIds::new(&config.server_key, instance, generation),
@@ -194,6 +221,9 @@ impl Connection {
             queued_reports: 0,
             transmit: Vec::new(),
             transmitted: 0,
+            input_charge: config.budget.empty_charge(),
+            transmit_charge: config.budget.empty_charge(),
+            reports_charge: config.budget.empty_charge(),
             timers,
             heartbeat_misses: 0,
             banner: None,
@@ -214,6 +244,11 @@ impl Connection {
     /// The server key.
     pub fn server_key(&self) -> &Arc<str> {
         &self.server_key
+    }
+
+    /// The memory budget this connection charges ([`Config::budget`]).
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.config.budget
     }
 
     /// The banner, once received (e.g. `Asterisk Call Manager/11.0.0`).
@@ -293,6 +328,7 @@ impl Connection {
         let mut parser = std::mem::replace(&mut self.parser, Parser::new(self.config.limits));
         parser.feed(data, &mut |item| self.handle_parsed(now, item));
         self.parser = parser;
+        self.charge_input(now);
     }
 
     /// The server closed the connection (end of stream).
@@ -302,6 +338,7 @@ impl Connection {
         }
         let mut parser = std::mem::replace(&mut self.parser, Parser::new(self.config.limits));
         parser.finish(&mut |item| self.handle_parsed(now, item));
+        self.charge_input(now);
         let reason = if self.state == State::Closing {
             CloseReason::Graceful
         } else {
@@ -374,13 +411,26 @@ impl Connection {
                 limit: self.config.write_buffer_limit,
             });
         }
+        // The encoded bytes, and the pending entry and its completion.
+        let encoded = self.transmit.len() - before;
+        let mut charge = match self.config.budget.try_charge(encoded + ACTION_OVERHEAD) {
+            Ok(charge) => charge,
+            Err(refused) => {
+                self.transmit.truncate(before);
+                return Err(SendError::MemoryLimit {
+                    used: refused.used,
+                    limit: refused.limit,
+                });
+            }
+        };
+        charge.move_to(&mut self.transmit_charge, encoded);
         self.register(
             now,
-            counter,
-            action_id.clone(),
+            (counter, action_id.clone()),
             action,
             Purpose::User,
             timeout,
+            Some(charge),
         );
         Ok(action_id)
     }
@@ -415,6 +465,7 @@ impl Connection {
         if let Some(output) = self.outputs.pop_front() {
             if matches!(output, Output::Discarded(_) | Output::Unmatched(_)) {
                 self.queued_reports -= 1;
+                self.reports_charge.shrink(report_size(&output));
             }
             return Some(output);
         }
@@ -436,11 +487,15 @@ impl Connection {
         if self.transmitted == self.transmit.len() {
             self.transmit.clear();
             self.transmitted = 0;
+            if self.transmit.capacity() > TRIM_CAPACITY {
+                self.transmit = Vec::new();
+            }
         } else if self.transmitted > 64 * 1024 && self.transmitted * 2 > self.transmit.len() {
             // Reclaim the written head once it is most of the buffer.
             self.transmit.drain(..self.transmitted);
             self.transmitted = 0;
         }
+        self.transmit_charge.shrink_to(self.transmit.len());
     }
 
     /// The next deadline: call [`handle_timeout`](Self::handle_timeout) at that
@@ -567,29 +622,83 @@ impl Connection {
             None => message,
         };
         if message.kind() == MessageKind::Event {
-            let event = Event {
-                server_key: self.server_key.clone(),
-                received_at: now,
-                message,
-            };
-            if let Pushed::DroppedOldest {
-                warn: true,
-                dropped_since_warning,
-            } = self.events.push(event, now)
-            {
-                tracing::warn!(
-                    server_key = %self.server_key,
-                    queue_depth = self.events.len(),
-                    dropped = dropped_since_warning,
-                    dropped_total = self.events.counters().dropped,
-                    "event queue full: dropped the oldest events"
-                );
+            let event = Event::new(self.source.clone(), now, message);
+            match self.events.push(event, now) {
+                Pushed::DroppedOldest {
+                    warn: true,
+                    dropped_since_warning,
+                } => {
+                    tracing::warn!(
+                        server_key = %self.server_key,
+                        queue_depth = self.events.len(),
+                        dropped = dropped_since_warning,
+                        dropped_total = self.events.counters().dropped,
+                        "event queue full: dropped the oldest events"
+                    );
+                }
+                Pushed::MemoryLimit {
+                    warn: true,
+                    dropped_since_warning,
+                    ..
+                } => self.warn_memory_drops(dropped_since_warning),
+                _ => {}
             }
         } else {
             self.stats.unmatched += 1;
             tracing::debug!(server_key = %self.server_key, action_id = message.action_id().unwrap_or(""), "unmatched response");
             self.report(Output::Unmatched(message));
         }
+    }
+
+    fn warn_memory_drops(&self, dropped_since_warning: u64) {
+        tracing::warn!(
+            server_key = %self.server_key,
+            queue_depth = self.events.len(),
+            dropped = dropped_since_warning,
+            dropped_total = self.events.counters().dropped_memory,
+            used = self.config.budget.used(),
+            limit = self.config.budget.limit(),
+            "memory budget exhausted: dropped the oldest events"
+        );
+    }
+
+    /// Charges the start of a message the parser holds after an input. When the budget
+    /// is short, the oldest queued events are dropped to make room (they are older than
+    /// the message in progress); when that is not enough, the message is discarded up to
+    /// its end ([`ParseError::MemoryLimit`]), unless it is at most [`INPUT_EXEMPTION`]
+    /// bytes while one of the connection's own actions awaits its reply.
+    fn charge_input(&mut self, now: Instant) {
+        let held = self.parser.buffered();
+        let more = held.saturating_sub(self.input_charge.bytes());
+        if more == 0 {
+            self.input_charge.shrink_to(held);
+            return;
+        }
+        if self.input_charge.try_grow(more).is_ok() {
+            return;
+        }
+        let budget = self.config.budget.clone();
+        let charge = &mut self.input_charge;
+        let room = self
+            .events
+            .make_room(&budget, more, || charge.try_grow(more).is_ok());
+        if room.dropped > 0 {
+            if let (true, dropped) = self.events.memory_warning(room.dropped, now) {
+                self.warn_memory_drops(dropped);
+            }
+        }
+        if room.charged {
+            return;
+        }
+        if held <= INPUT_EXEMPTION && self.registry.internal_pending() > 0 {
+            self.input_charge.grow_unchecked(more);
+            return;
+        }
+        self.parser.discard_held(ParseError::MemoryLimit {
+            used: budget.used(),
+            limit: budget.limit(),
+        });
+        self.input_charge.shrink_to(0);
     }
 
     /// Completes `pending` (already out of the registry) with `result`.
@@ -602,12 +711,13 @@ impl Connection {
                     self.stats.failed += 1;
                 }
                 tracing::debug!(server_key = %self.server_key, action_id = %pending.action_id, ok = result.is_ok(), "action completed");
-                self.outputs.push_back(Output::Completed(Completion {
-                    action_id: pending.action_id,
-                    sent_at: pending.sent_at,
-                    completed_at: now,
+                self.outputs.push_back(Output::Completed(Completion::new(
+                    pending.action_id,
+                    pending.sent_at,
+                    now,
                     result,
-                }));
+                    pending.charge,
+                )));
             }
             // Closing: the Logoff is on its way; log in no further.
             Purpose::Challenge | Purpose::Login if self.state == State::Closing => {}
@@ -688,11 +798,17 @@ impl Connection {
     }
 
     /// Writes an action of the connection's own; internal actions are few and small,
-    /// so they bypass the limits that protect against the application.
+    /// so they bypass the limits that protect against the application, the memory
+    /// budget included: their bytes are charged without a check.
     fn send_internal(&mut self, now: Instant, action: Action, purpose: Purpose, timeout: Duration) {
         let (counter, action_id) = self.ids.next_id();
+        let before = self.transmit.len();
         match action.encode(&action_id, &mut self.transmit) {
-            Ok(()) => self.register(now, counter, action_id, &action, purpose, timeout),
+            Ok(()) => {
+                self.transmit_charge
+                    .grow_unchecked(self.transmit.len() - before);
+                self.register(now, (counter, action_id), &action, purpose, timeout, None)
+            }
             // Only a username with CR/LF (or over 1000 bytes) gets here: login cannot work.
             Err(error) => {
                 let message = format!("cannot encode {}: {error}", action.name());
@@ -701,14 +817,16 @@ impl Connection {
         }
     }
 
+    /// Adds an action just written, `id` being its counter and ActionID, to the
+    /// registry; `charge` is its charge of the budget (for the application's actions).
     fn register(
         &mut self,
         now: Instant,
-        counter: u64,
-        action_id: String,
+        (counter, action_id): (u64, String),
         action: &Action,
         purpose: Purpose,
         timeout: Duration,
+        charge: Option<Charge>,
     ) {
         self.registry.insert(
             counter,
@@ -723,12 +841,15 @@ impl Connection {
                 response: None,
                 events: Vec::new(),
                 items: 0,
+                charge,
             },
         );
     }
 
     fn report(&mut self, output: Output) {
-        if self.queued_reports >= MAX_QUEUED_REPORTS {
+        if self.queued_reports >= MAX_QUEUED_REPORTS
+            || self.reports_charge.try_grow(report_size(&output)).is_err()
+        {
             self.stats.reports_dropped += 1;
             return;
         }
@@ -769,6 +890,7 @@ impl Connection {
         }
         self.transmit.clear();
         self.transmitted = 0;
+        self.transmit_charge.shrink_to(0);
         tracing::info!(server_key = %self.server_key, ?from, %reason, "connection closed");
         self.outputs.push_back(Output::StateChanged {
             from,

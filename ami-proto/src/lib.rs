@@ -19,6 +19,7 @@
 //!   Originate).
 //! - [`events`]: the bounded drop-oldest event queue with blocked and priority names.
 //! - [`connection`]: the state machine of one session that ties them together.
+//! - [`budget`]: the memory budget shared by connections, and what each one charges.
 //! - [`config`], [`error`], [`redact`]: settings, typed errors, secret masking.
 //!
 //! ## The run loop
@@ -78,6 +79,10 @@
 //!   never completes anything.
 //! - Nothing is lost silently: dropped events, discarded input, refused actions and
 //!   unmatched responses are all counted in [`Stats`].
+//! - Memory is capped: what the client holds (queued and delivered events, collected
+//!   replies, buffers) is charged to a [`MemoryBudget`] that connections may share; at
+//!   the limit the oldest events are dropped and counted, and new actions are refused
+//!   ([`SendError::MemoryLimit`]). See [`budget`].
 //! - Secrets (`Secret`, `Password`, `Key` and configured keys or patterns) are masked
 //!   in every `Debug`, log field and error; see [`redact`].
 //! - Logging goes through `tracing` with the fields `server_key`, `action_id` and
@@ -85,6 +90,7 @@
 //!   level, redacted.
 
 pub mod action;
+pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod correlation;
@@ -96,6 +102,7 @@ pub mod redact;
 mod timers;
 
 pub use action::{Action, Strategy};
+pub use budget::{BudgetExceeded, Charge, MemoryBudget};
 pub use config::{AuthMethod, Config};
 pub use connection::{Connection, Output, State, Stats};
 pub use correlation::{Completion, Reply};
