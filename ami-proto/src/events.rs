@@ -12,7 +12,9 @@
 //! queued events are dropped in the same order as for a full queue until the new one
 //! fits, counted apart ([`EventCounters::dropped_memory`]); when it cannot fit even with
 //! the queue empty (the bytes are held elsewhere), the new event is dropped instead and
-//! the queue is left as it is.
+//! the queue is left as it is. The budget is tried first: an event it cannot take
+//! drops events for memory (which also makes room in a full queue); one it can take
+//! but that finds the queue full drops the oldest for capacity.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
