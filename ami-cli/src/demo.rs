@@ -234,14 +234,17 @@ impl Demo {
         let seen = Rc::clone(&observed);
         driver.on_any_event(move |event| {
             let mut seen = seen.borrow_mut();
-            *seen.events.entry(event.server_key.to_string()).or_default() += 1;
+            *seen
+                .events
+                .entry(event.server_key().to_string())
+                .or_default() += 1;
             if seen.sample.is_none() && event.get("UserEvent") == Some(USER_EVENT) {
                 let headers: Vec<String> = event
                     .message
                     .headers()
                     .map(|(k, v)| format!("{k}: {v}"))
                     .collect();
-                seen.sample = Some(format!("{}: {}", event.server_key, headers.join(", ")));
+                seen.sample = Some(format!("{}: {}", event.server_key(), headers.join(", ")));
             }
         });
         let seen = Rc::clone(&observed);

@@ -88,7 +88,7 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         let (stdout, write_error) = (stdout.clone(), write_error.clone());
         driver.on_any_event(move |event| {
             let line = json!({
-                "server": &*event.server_key,
+                "server": &**event.server_key(),
                 "name": event.name(),
                 "received_at": clock.unix_seconds(event.received_at),
                 "headers": headers(&event.message),

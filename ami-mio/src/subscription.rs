@@ -83,7 +83,7 @@ impl Listeners {
             if filter.matches(event) && catch_unwind(AssertUnwindSafe(|| listener(event))).is_err()
             {
                 self.panics += 1;
-                tracing::error!(server_key = %event.server_key, event = event.name(), "event listener panicked");
+                tracing::error!(server_key = %event.server_key(), event = event.name(), "event listener panicked");
             }
         }
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::action::{self, Action, EventMask};
+use crate::budget::MemoryBudget;
 use crate::correlation::ActionIds;
 use crate::error::ConfigError;
 use crate::parser::Limits;
@@ -94,6 +95,13 @@ pub struct Config {
     /// default). The connection adds [`secret`](Config::secret)'s value to it by itself
     /// (see [`redact`](crate::redact)). Shared, so cloning a `Config` is cheap.
     pub redactor: Arc<Redactor>,
+    /// The memory budget this connection charges what it holds to (`memory_limit`,
+    /// 128 MiB): see [`budget`](crate::budget) for what is charged and what happens at
+    /// the limit. [`Config::new`] makes a fresh budget, a cap for this server alone
+    /// (and its reconnects, which share the clone); drivers and clusters give every
+    /// server's `Config` the same budget (`config.budget = shared.clone()`) to make it
+    /// one cap for the whole client.
+    pub budget: MemoryBudget,
 }
 
 impl Config {
@@ -125,6 +133,7 @@ impl Config {
             priority_events: Vec::new(),
             event_drop_log_interval: Duration::from_millis(1000),
             redactor: Arc::new(Redactor::default()),
+            budget: MemoryBudget::default(),
         }
     }
 

@@ -42,12 +42,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::action::{self, Action};
+use crate::budget::{
+    ACTION_OVERHEAD, Charge, INPUT_EXEMPTION, MESSAGE_OVERHEAD, MemoryBudget, TRIM_CAPACITY,
+};
 use crate::config::{AuthMethod, Config};
 use crate::correlation::{ActionIds, Completion, Pending, Progress, Purpose, Registry, Reply};
 use crate::error::{ActionError, CloseReason, SendError, Stage};
-use crate::events::{Event, EventCounters, EventQueue, Pushed};
+use crate::events::{Event, EventCounters, EventQueue, Pushed, Source};
 use crate::message::{Message, MessageKind};
-use crate::parser::{Discard, Parsed, Parser};
+use crate::parser::{Discard, ParseError, Parsed, Parser};
 use crate::redact::Redactor;
 use crate::timers::{self, Timer, TimerTable};
 
@@ -55,7 +58,8 @@ use crate::timers::{self, Timer, TimerTable};
 const BANNER_PREFIX: &str = "Asterisk Call Manager/";
 
 /// Reports ([`Output::Discarded`], [`Output::Unmatched`]) held for the application at
-/// most; past this they are only counted in [`Stats`].
+/// most; past this (or when the memory budget cannot take them) they are only counted
+/// in [`Stats`].
 const MAX_QUEUED_REPORTS: usize = 1024;
 
 /// At most one warning per interval for one kind of bad input; what it holds back in
@@ -89,6 +93,14 @@ impl WarnLimit {
 /// `UserEvent` action copies it) and is then still news for the application.
 fn is_broadcast(message: &Message) -> bool {
     message.kind() == MessageKind::Event && message.get("Privilege").is_some()
+}
+
+/// What a queued report holds of the memory budget.
+fn report_size(output: &Output) -> usize {
+    match output {
+        Output::Unmatched(message) => message.charged_size(),
+        _ => MESSAGE_OVERHEAD,
+    }
 }
 
 /// Where a connection is in its life.
@@ -150,7 +162,7 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Messages parsed.
     pub messages: u64,
-    /// Event queue counters (queued, dropped oldest, blocked).
+    /// Event queue counters (queued, dropped oldest, dropped for memory, blocked).
     pub events: EventCounters,
     /// Discards reported by the parser.
     pub discards: u64,
@@ -182,6 +194,8 @@ pub struct Connection {
     server_key: Arc<str>,
     /// The config's policy plus the configured secret's value.
     redactor: Arc<Redactor>,
+    /// The server key and the memory budget, shared with every event.
+    source: Arc<Source>,
     state: State,
     parser: Parser,
     ids: ActionIds,
@@ -196,6 +210,13 @@ pub struct Connection {
     transmit: Vec<u8>,
     /// Bytes of `transmit` already taken by the driver.
     transmitted: usize,
+    /// The budget's charge for the input the parser holds (`parser.buffered()` bytes
+    /// after each input).
+    input_charge: Charge,
+    /// The budget's charge for `transmit` (`transmit.len()` bytes).
+    transmit_charge: Charge,
+    /// The budget's charge for the reports among `outputs`.
+    reports_charge: Charge,
     timers: TimerTable,
     heartbeat_misses: u32,
     /// The counter of the last heartbeat `Ping` sent.
@@ -220,6 +241,7 @@ impl std::fmt::Debug for Connection {
             .field("queued_events", &self.events.len())
             .field("queued_transmit", &self.queued_transmit())
             .field("buffered_input", &self.parser.buffered())
+            .field("budget", &self.config.budget)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -234,8 +256,13 @@ impl Connection {
     pub fn new(config: Config, instance: u32, generation: u64, now: Instant) -> Self {
         let mut timers = TimerTable::default();
         timers.arm(Timer::Connect, now, config.connect_timeout);
+        let server_key: Arc<str> = Arc::from(config.server_key.as_str());
         Connection {
-            server_key: Arc::from(config.server_key.as_str()),
+            source: Arc::new(Source {
+                server_key: server_key.clone(),
+                budget: config.budget.clone(),
+            }),
+            server_key,
             redactor: Arc::new(config.redactor.as_ref().clone().with_secret(&config.secret)),
             state: State::Connecting,
             parser: Parser::new(config.limits),
@@ -251,6 +278,9 @@ impl Connection {
             queued_reports: 0,
             transmit: Vec::new(),
             transmitted: 0,
+            input_charge: config.budget.empty_charge(),
+            transmit_charge: config.budget.empty_charge(),
+            reports_charge: config.budget.empty_charge(),
             timers,
             heartbeat_misses: 0,
             heartbeat: None,
@@ -283,6 +313,11 @@ impl Connection {
     /// it; drivers format server text they log (e.g. an event) with it too.
     pub fn redactor(&self) -> &Arc<Redactor> {
         &self.redactor
+    }
+
+    /// The memory budget this connection charges ([`Config::budget`]).
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.config.budget
     }
 
     /// The banner, once received (e.g. `Asterisk Call Manager/11.0.0`).
@@ -364,6 +399,7 @@ impl Connection {
         parser.feed(data, &mut |item| self.handle_parsed(now, item));
         self.parser = parser;
         self.fail_discarded_reply(now);
+        self.charge_input(now);
     }
 
     /// The server closed the connection (end of stream).
@@ -373,6 +409,7 @@ impl Connection {
         }
         let mut parser = std::mem::replace(&mut self.parser, Parser::new(self.config.limits));
         parser.finish(&mut |item| self.handle_parsed(now, item));
+        self.charge_input(now);
         let reason = if self.state == State::Closing {
             CloseReason::Graceful
         } else {
@@ -457,13 +494,26 @@ impl Connection {
                 limit: self.config.write_buffer_limit,
             });
         }
+        // The encoded bytes, and the pending entry and its completion.
+        let encoded = self.transmit.len() - before;
+        let mut charge = match self.config.budget.try_charge(encoded + ACTION_OVERHEAD) {
+            Ok(charge) => charge,
+            Err(refused) => {
+                self.transmit.truncate(before);
+                return Err(SendError::MemoryLimit {
+                    used: refused.used,
+                    limit: refused.limit,
+                });
+            }
+        };
+        charge.move_to(&mut self.transmit_charge, encoded);
         self.register(
             now,
-            counter,
-            action_id.clone(),
+            (counter, action_id.clone()),
             action,
             Purpose::User,
             timeout,
+            Some(charge),
         );
         Ok(action_id)
     }
@@ -503,6 +553,7 @@ impl Connection {
         let (_, output) = self.outputs.pop_front()?;
         if matches!(output, Output::Discarded(_) | Output::Unmatched(_)) {
             self.queued_reports -= 1;
+            self.reports_charge.shrink(report_size(&output));
         }
         Some(output)
     }
@@ -522,11 +573,15 @@ impl Connection {
         if self.transmitted == self.transmit.len() {
             self.transmit.clear();
             self.transmitted = 0;
+            if self.transmit.capacity() > TRIM_CAPACITY {
+                self.transmit = Vec::new();
+            }
         } else if self.transmitted > 64 * 1024 && self.transmitted * 2 > self.transmit.len() {
             // Reclaim the written head once it is most of the buffer.
             self.transmit.drain(..self.transmitted);
             self.transmitted = 0;
         }
+        self.transmit_charge.shrink_to(self.transmit.len());
     }
 
     /// The next deadline: call [`handle_timeout`](Self::handle_timeout) at that
@@ -686,23 +741,26 @@ impl Connection {
             None => message,
         };
         if message.kind() == MessageKind::Event {
-            let event = Event {
-                server_key: self.server_key.clone(),
-                received_at: now,
-                message,
-            };
-            if let Pushed::DroppedOldest {
-                warn: true,
-                dropped_since_warning,
-            } = self.events.push(event, now)
-            {
-                tracing::warn!(
-                    server_key = %self.server_key,
-                    queue_depth = self.events.len(),
-                    dropped = dropped_since_warning,
-                    dropped_total = self.events.counters().dropped,
-                    "event queue full: dropped the oldest events"
-                );
+            let event = Event::new(self.source.clone(), now, message);
+            match self.events.push(event, now) {
+                Pushed::DroppedOldest {
+                    warn: true,
+                    dropped_since_warning,
+                } => {
+                    tracing::warn!(
+                        server_key = %self.server_key,
+                        queue_depth = self.events.len(),
+                        dropped = dropped_since_warning,
+                        dropped_total = self.events.counters().dropped,
+                        "event queue full: dropped the oldest events"
+                    );
+                }
+                Pushed::MemoryLimit {
+                    warn: true,
+                    dropped_since_warning,
+                    ..
+                } => self.warn_memory_drops(dropped_since_warning),
+                _ => {}
             }
         } else {
             self.stats.unmatched += 1;
@@ -720,6 +778,57 @@ impl Connection {
         }
     }
 
+    fn warn_memory_drops(&self, dropped_since_warning: u64) {
+        tracing::warn!(
+            server_key = %self.server_key,
+            queue_depth = self.events.len(),
+            dropped = dropped_since_warning,
+            dropped_total = self.events.counters().dropped_memory,
+            used = self.config.budget.used(),
+            limit = self.config.budget.limit(),
+            "memory budget exhausted: dropped the oldest events"
+        );
+    }
+
+    /// Charges the start of a message the parser holds after an input. When the budget
+    /// is short, the oldest queued events are dropped to make room (they are older than
+    /// the message in progress); when that is not enough, the message is discarded up to
+    /// its end ([`ParseError::MemoryLimit`]), unless it is at most [`INPUT_EXEMPTION`]
+    /// bytes while one of the connection's own actions awaits its reply.
+    fn charge_input(&mut self, now: Instant) {
+        let held = self.parser.buffered();
+        let more = held.saturating_sub(self.input_charge.bytes());
+        if more == 0 {
+            self.input_charge.shrink_to(held);
+            return;
+        }
+        if self.input_charge.try_grow(more).is_ok() {
+            return;
+        }
+        let budget = self.config.budget.clone();
+        let charge = &mut self.input_charge;
+        let room = self
+            .events
+            .make_room(&budget, more, || charge.try_grow(more).is_ok());
+        if room.dropped > 0 {
+            if let (true, dropped) = self.events.memory_warning(room.dropped, now) {
+                self.warn_memory_drops(dropped);
+            }
+        }
+        if room.charged {
+            return;
+        }
+        if held <= INPUT_EXEMPTION && self.registry.internal_pending() > 0 {
+            self.input_charge.grow_unchecked(more);
+            return;
+        }
+        self.parser.discard_held(ParseError::MemoryLimit {
+            used: budget.used(),
+            limit: budget.limit(),
+        });
+        self.input_charge.shrink_to(0);
+    }
+
     /// Completes `pending` (already out of the registry) with `result`.
     fn finish(&mut self, now: Instant, pending: Pending, result: Result<Reply, ActionError>) {
         match pending.purpose {
@@ -732,12 +841,13 @@ impl Connection {
                 tracing::debug!(server_key = %self.server_key, action_id = %pending.action_id, ok = result.is_ok(), "action completed");
                 // The server's text in an error is returned with the secret masked.
                 let result = result.map_err(|error| self.redactor.mask_error(error));
-                self.push_output(Output::Completed(Completion {
-                    action_id: pending.action_id,
-                    sent_at: pending.sent_at,
-                    completed_at: now,
+                self.push_output(Output::Completed(Completion::new(
+                    pending.action_id,
+                    pending.sent_at,
+                    now,
                     result,
-                }));
+                    pending.charge,
+                )));
             }
             // Closing: the Logoff is on its way; log in no further.
             Purpose::Challenge | Purpose::Login if self.state == State::Closing => {}
@@ -815,18 +925,19 @@ impl Connection {
             ActionError::Rejected { message, .. } => CloseReason::AuthenticationFailed { message },
             ActionError::Timeout { .. } => CloseReason::LoginTimeout,
             ActionError::ConnectionClosed { reason } => reason,
-            error @ (ActionError::Discarded(_) | ActionError::ListTooLong { .. }) => {
-                CloseReason::LoginFailed {
-                    error: Box::new(error),
-                }
-            }
+            error @ (ActionError::Discarded(_)
+            | ActionError::ListTooLong { .. }
+            | ActionError::MemoryLimit { .. }) => CloseReason::LoginFailed {
+                error: Box::new(error),
+            },
         };
         self.close_with(now, reason);
     }
 
     /// Writes an action of the connection's own; internal actions are few and small,
-    /// so they bypass the limits that protect against the application. Returns its
-    /// counter, or `None` when it could not be encoded (the connection then closed).
+    /// so they bypass the limits that protect against the application, the memory
+    /// budget included: their bytes are charged without a check. Returns its counter,
+    /// or `None` when it could not be encoded (the connection then closed).
     fn send_internal(
         &mut self,
         now: Instant,
@@ -835,9 +946,12 @@ impl Connection {
         timeout: Duration,
     ) -> Option<u64> {
         let (counter, action_id) = self.ids.next_id();
+        let before = self.transmit.len();
         match action.encode(&action_id, &mut self.transmit) {
             Ok(()) => {
-                self.register(now, counter, action_id, &action, purpose, timeout);
+                self.transmit_charge
+                    .grow_unchecked(self.transmit.len() - before);
+                self.register(now, (counter, action_id), &action, purpose, timeout, None);
                 Some(counter)
             }
             // Only a login with CR/LF (or a line over 1000 bytes) in the username, the
@@ -850,14 +964,16 @@ impl Connection {
         }
     }
 
+    /// Adds an action just written, `id` being its counter and ActionID, to the
+    /// registry; `charge` is its charge of the budget (for the application's actions).
     fn register(
         &mut self,
         now: Instant,
-        counter: u64,
-        action_id: String,
+        (counter, action_id): (u64, String),
         action: &Action,
         purpose: Purpose,
         timeout: Duration,
+        charge: Option<Charge>,
     ) {
         self.registry.insert(
             counter,
@@ -872,12 +988,15 @@ impl Connection {
                 response: None,
                 events: Vec::new(),
                 items: 0,
+                charge,
             },
         );
     }
 
     fn report(&mut self, output: Output) {
-        if self.queued_reports >= MAX_QUEUED_REPORTS {
+        if self.queued_reports >= MAX_QUEUED_REPORTS
+            || self.reports_charge.try_grow(report_size(&output)).is_err()
+        {
             self.stats.reports_dropped += 1;
             return;
         }
@@ -946,6 +1065,7 @@ impl Connection {
         }
         self.transmit.clear();
         self.transmitted = 0;
+        self.transmit_charge.shrink_to(0);
         tracing::info!(server_key = %self.server_key, ?from, %reason, "connection closed");
         self.push_output(Output::StateChanged {
             from,

@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::action::{MAX_ACTION_ID_LEN, Strategy};
+use crate::budget::{ACTION_OVERHEAD, Charge};
 use crate::error::{ActionError, Stage};
 use crate::message::Message;
 use crate::timers::deadline;
@@ -100,7 +101,11 @@ impl Reply {
 }
 
 /// An action's one and only completion.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It holds its charge of the connection's memory budget (the messages it carries and
+/// [`ACTION_OVERHEAD`]) until it is dropped; a clone is not charged. Equality looks at
+/// the public fields only.
+#[derive(Debug)]
 pub struct Completion {
     /// The ActionID the action was sent with.
     pub action_id: String,
@@ -110,14 +115,79 @@ pub struct Completion {
     pub completed_at: Instant,
     /// The reply, or why there is none.
     pub result: Result<Reply, ActionError>,
+    charge: Option<Charge>,
 }
 
 impl Completion {
+    /// The completion of `pending`, which holds `charge`: trimmed to what `result`
+    /// still carries (the items of a failed list are gone).
+    pub(crate) fn new(
+        action_id: String,
+        sent_at: Instant,
+        completed_at: Instant,
+        result: Result<Reply, ActionError>,
+        mut charge: Option<Charge>,
+    ) -> Self {
+        if let Some(charge) = &mut charge {
+            let carried: usize = match &result {
+                Ok(reply) => {
+                    reply.response.charged_size()
+                        + reply
+                            .events
+                            .iter()
+                            .map(Message::charged_size)
+                            .sum::<usize>()
+                        + reply.list_end.as_ref().map_or(0, Message::charged_size)
+                }
+                Err(ActionError::Rejected { response, .. }) => response.charged_size(),
+                Err(_) => 0,
+            };
+            debug_assert!(carried + ACTION_OVERHEAD <= charge.bytes());
+            charge.shrink_to(carried + ACTION_OVERHEAD);
+        }
+        Completion {
+            action_id,
+            sent_at,
+            completed_at,
+            result,
+            charge,
+        }
+    }
+
     /// Time from send to completion.
     pub fn latency(&self) -> Duration {
         self.completed_at.saturating_duration_since(self.sent_at)
     }
+
+    /// Bytes of the memory budget this completion holds (0 for a clone).
+    pub fn charged(&self) -> usize {
+        self.charge.as_ref().map_or(0, Charge::bytes)
+    }
 }
+
+impl Clone for Completion {
+    /// A copy that holds no charge: the original keeps it.
+    fn clone(&self) -> Self {
+        Completion {
+            action_id: self.action_id.clone(),
+            sent_at: self.sent_at,
+            completed_at: self.completed_at,
+            result: self.result.clone(),
+            charge: None,
+        }
+    }
+}
+
+impl PartialEq for Completion {
+    fn eq(&self, other: &Self) -> bool {
+        self.action_id == other.action_id
+            && self.sent_at == other.sent_at
+            && self.completed_at == other.completed_at
+            && self.result == other.result
+    }
+}
+
+impl Eq for Completion {}
 
 /// Who is waiting for an action: the application, or the connection itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +215,10 @@ pub(crate) struct Pending {
     pub(crate) events: Vec<Message>,
     /// List items received in all (may exceed `events.len()` past the cap).
     pub(crate) items: u64,
+    /// For an action of the application: its charge of the memory budget, from
+    /// [`ACTION_OVERHEAD`] at the send, grown by every message it collects. `None` for
+    /// the connection's own actions, whose replies are never charged.
+    pub(crate) charge: Option<Charge>,
 }
 
 /// What a message did to the action it names.
@@ -159,11 +233,36 @@ pub(crate) enum Progress {
 }
 
 impl Pending {
+    /// Charges `message`, which this action is about to keep; the error to fail the
+    /// action with when the budget is short.
+    fn charge(&mut self, message: &Message) -> Result<(), ActionError> {
+        let Some(charge) = &mut self.charge else {
+            return Ok(());
+        };
+        charge
+            .try_grow(message.charged_size())
+            .map_err(|refused| ActionError::MemoryLimit {
+                used: refused.used,
+                limit: refused.limit,
+            })
+    }
+
     /// Applies a response that carries this action's ActionID.
     pub(crate) fn on_response(&mut self, response: Message, now: Instant) -> Progress {
         let is_error = response
             .response()
             .is_some_and(|r| r.eq_ignore_ascii_case("Error"));
+        // The responses this action keeps (in its reply or its error) are charged.
+        let keeps = match self.stage {
+            Stage::Response => true,
+            Stage::EventList => is_error,
+            Stage::OriginateEvent => false,
+        };
+        if keeps {
+            if let Err(error) = self.charge(&response) {
+                return Progress::Done(Err(error));
+            }
+        }
         match self.stage {
             // PJSIPShowEndpoint may answer an Error inside its list: it ends the list.
             Stage::EventList if is_error => Progress::Done(Err(rejected(response))),
@@ -214,6 +313,9 @@ impl Pending {
                             received: self.items,
                         }));
                     }
+                    if let Err(error) = self.charge(&event) {
+                        return Progress::Done(Err(error));
+                    }
                     return Progress::Done(Ok(Reply {
                         response: self.take_response(),
                         events: std::mem::take(&mut self.events),
@@ -224,6 +326,11 @@ impl Pending {
                 self.deadline = deadline(now, self.timeout);
                 // Past the cap, items are counted (for the error) but not kept.
                 if self.events.len() < max_list_items {
+                    // A list is whole or fails: an item the budget cannot take fails
+                    // the action now, rather than leaving a hole in the list.
+                    if let Err(error) = self.charge(&event) {
+                        return Progress::Done(Err(error));
+                    }
                     self.events.push(event);
                 }
                 Progress::Continue
@@ -233,6 +340,9 @@ impl Pending {
                     .event_name()
                     .is_some_and(|n| n.eq_ignore_ascii_case("OriginateResponse")) =>
             {
+                if let Err(error) = self.charge(&event) {
+                    return Progress::Done(Err(error));
+                }
                 Progress::Done(Ok(Reply {
                     response: self.take_response(),
                     events: vec![event],
@@ -343,6 +453,11 @@ impl Registry {
     pub(crate) fn user_pending(&self) -> usize {
         self.user
     }
+
+    /// Actions of the connection's own (login, heartbeat, logoff) awaiting a reply.
+    pub(crate) fn internal_pending(&self) -> usize {
+        self.pending.len() - self.user
+    }
 }
 
 /// The connection generation and counter of an ActionID issued by [`ActionIds`], or
@@ -359,6 +474,12 @@ pub fn action_tag(action_id: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_action_and_its_completion_fit_in_their_overhead() {
+        assert!(size_of::<Pending>() <= ACTION_OVERHEAD);
+        assert!(size_of::<Completion>() <= ACTION_OVERHEAD);
+    }
 
     #[test]
     fn ids_are_short_ascii_and_recognised() {

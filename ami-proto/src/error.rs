@@ -147,6 +147,17 @@ pub enum SendError {
         /// The configured limit.
         limit: usize,
     },
+    /// The memory budget ([`Config::budget`](crate::Config::budget)) cannot take the
+    /// encoded action and its pending entry: the client holds as much as it may (events
+    /// not yet dropped, completions not yet dropped, other servers' buffers). Nothing
+    /// was queued; retry once the application has let go of events or completions.
+    #[error("memory budget exhausted ({used} of {limit} bytes in use)")]
+    MemoryLimit {
+        /// Bytes in use when the action was refused.
+        used: usize,
+        /// The budget's limit.
+        limit: usize,
+    },
     /// The action cannot be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
@@ -201,6 +212,16 @@ pub enum ActionError {
     /// The reply was discarded by the parser (e.g. command output over its limit).
     #[error("reply discarded: {0}")]
     Discarded(ParseError),
+    /// The memory budget could not take a message of the reply (the response, a list
+    /// item, the list end, the `OriginateResponse`): the action failed at once, with
+    /// nothing of its reply kept; the rest of a list is counted as late replies.
+    #[error("memory budget exhausted while collecting the reply ({used} of {limit} bytes in use)")]
+    MemoryLimit {
+        /// Bytes in use when the message was refused.
+        used: usize,
+        /// The budget's limit.
+        limit: usize,
+    },
 }
 
 /// Why a connection closed.

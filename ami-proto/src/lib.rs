@@ -19,6 +19,7 @@
 //!   Originate).
 //! - [`events`]: the bounded drop-oldest event queue with blocked and priority names.
 //! - [`connection`]: the state machine of one session that ties them together.
+//! - [`budget`]: the memory budget shared by connections, and what each one charges.
 //! - [`config`], [`error`], [`redact`]: settings, typed errors, secret masking.
 //! - [`rng`]: the seedable generator every crate of the workspace draws from.
 //!
@@ -84,6 +85,10 @@
 //!   configured keys or patterns) plus its own secret value, wherever that appears,
 //!   server text included; `Debug` of actions and messages masks the built-in keys.
 //!   There is no process-wide policy; see [`redact`].
+//! - Memory is capped: what the client holds (queued and delivered events, collected
+//!   replies, buffers) is charged to a [`MemoryBudget`] that connections may share; at
+//!   the limit the oldest events are dropped and counted, and new actions are refused
+//!   ([`SendError::MemoryLimit`]). See [`budget`].
 //! - Logging goes through `tracing` with the fields `server_key`, `action_id` and
 //!   `queue_depth`; without a subscriber it is silent. Frames are logged only at trace
 //!   level, redacted. Warnings about lost input (dropped events, discarded input,
@@ -92,6 +97,7 @@
 //!   many it held back.
 
 pub mod action;
+pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod correlation;
@@ -104,6 +110,7 @@ pub mod rng;
 mod timers;
 
 pub use action::{Action, Strategy};
+pub use budget::{BudgetExceeded, Charge, MemoryBudget};
 pub use config::{AuthMethod, Config};
 pub use connection::{Connection, Output, State, Stats};
 pub use correlation::{Completion, Reply};

@@ -322,6 +322,13 @@ impl Message {
         self.len as usize
     }
 
+    /// What holding this message costs the memory budget: its buffer (the text and the
+    /// header table) and [`MESSAGE_OVERHEAD`](crate::budget::MESSAGE_OVERHEAD).
+    #[inline]
+    pub(crate) fn charged_size(&self) -> usize {
+        self.buf.len() + crate::budget::MESSAGE_OVERHEAD
+    }
+
     /// Whether the message holds no bytes (never true for a parsed message).
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -28,7 +28,11 @@
 //! Memory and copies: lines are parsed where they lie in the caller's input, and each
 //! complete message is copied once, into a buffer of its own. Only the message still
 //! incomplete at the end of an input is copied into the parser, to be completed by the
-//! next one; it never holds more than that message's limit plus one byte.
+//! next one; it never holds more than that message's limit plus one byte. When that
+//! buffer empties with more than twice the frame limit of capacity (after a long command
+//! output held across inputs), it is freed, so that the capacity it keeps stays within
+//! that. [`Parser::discard_held`] gives up the message held (the connection does when its
+//! memory budget cannot take those bytes).
 
 use memchr::memchr;
 
@@ -119,6 +123,15 @@ pub enum ParseError {
     /// The input ended inside a message.
     #[error("input ended inside a message")]
     Truncated,
+    /// The memory budget could not take the start of the message in progress, which
+    /// had to be held until the rest arrived (see [`Parser::discard_held`]).
+    #[error("memory budget exhausted ({used} of {limit} bytes in use)")]
+    MemoryLimit {
+        /// Bytes in use when the bytes were refused.
+        used: usize,
+        /// The budget's limit.
+        limit: usize,
+    },
 }
 
 impl ParseError {
@@ -129,6 +142,7 @@ impl ParseError {
             ParseError::OutputTooLarge { .. } => "output_too_large",
             ParseError::MalformedLine => "malformed_line",
             ParseError::Truncated => "truncated",
+            ParseError::MemoryLimit { .. } => "memory_limit",
         }
     }
 }
@@ -375,6 +389,34 @@ impl Parser {
         *self = Parser::new(self.limits);
     }
 
+    /// Gives up the message in progress, whose start the parser holds (the
+    /// [`buffered`](Self::buffered) bytes): those bytes are freed at once, and the rest
+    /// of the message, up to its blank line, is skipped as it arrives and reported as
+    /// one [`Discard`] with `error` (its `bytes` count the held ones too). Nothing
+    /// happens when nothing is held.
+    pub fn discard_held(&mut self, error: ParseError) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let held = buf.len();
+        let partial = &buf[self.line_start..];
+        self.start_discard(&buf, error, held, partial);
+        self.clear_held(&mut buf);
+        self.msg_start = 0;
+        self.line_start = 0;
+        self.buf = buf;
+    }
+
+    /// Empties `buf`, the held message's buffer, and frees it when it grew past twice
+    /// the frame limit.
+    fn clear_held(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        if buf.capacity() > 2 * (self.limits.max_frame_size + 1) {
+            *buf = Vec::new();
+        }
+    }
+
     /// Parses the lines of `data` where they lie, nothing being held: each message is
     /// copied once, from the input into its own buffer. Returns how many bytes it used:
     /// up to the end of the line that started a discard, or all of `data`, whose
@@ -439,7 +481,7 @@ impl Parser {
             self.start_discard(&buf, self.too_large(), buf.len(), partial);
         }
         if ended || self.discarding() {
-            buf.clear();
+            self.clear_held(&mut buf);
             self.msg_start = 0;
             self.line_start = 0;
         }

@@ -391,7 +391,8 @@ impl Redactor {
             },
             other @ (ActionError::Timeout { .. }
             | ActionError::ListTooLong { .. }
-            | ActionError::Discarded(_)) => other,
+            | ActionError::Discarded(_)
+            | ActionError::MemoryLimit { .. }) => other,
         }
     }
 }

@@ -1026,21 +1026,30 @@ fn command_output_too_large_is_discarded_and_fails_the_action() {
     }
     let outputs = h.outputs();
     let error = ParseError::OutputTooLarge { limit: 512 };
+    let [Output::Completed(done), discarded] = &outputs[..] else {
+        panic!("expected a completion and a discard, got {outputs:?}");
+    };
     assert_eq!(
-        outputs,
-        [
-            Output::Completed(ami_proto::Completion {
-                action_id: id.clone(),
-                sent_at: h.now,
-                completed_at: h.now,
-                result: Err(ActionError::Discarded(error.clone())),
-            }),
-            Output::Discarded(Discard {
-                error,
-                bytes: text.len() as u64,
-                action_id: Some(id),
-            }),
-        ]
+        (
+            &done.action_id,
+            done.sent_at,
+            done.completed_at,
+            &done.result
+        ),
+        (
+            &id,
+            h.now,
+            h.now,
+            &Err(ActionError::Discarded(error.clone()))
+        )
+    );
+    assert_eq!(
+        discarded,
+        &Output::Discarded(Discard {
+            error,
+            bytes: text.len() as u64,
+            action_id: Some(id.clone()),
+        })
     );
     let stats = h.conn.stats();
     assert_eq!(
@@ -1077,16 +1086,13 @@ fn command_output_over_the_limit_fails_the_action_at_once() {
     }
     let limit = Limits::default().max_command_output;
     let error = ParseError::OutputTooLarge { limit };
-    assert_eq!(
-        h.outputs(),
-        [Output::Completed(ami_proto::Completion {
-            action_id: id.clone(),
-            sent_at,
-            completed_at: h.now,
-            result: Err(ActionError::Discarded(error.clone())),
-        })],
-        "completed when the limit was passed"
-    );
+    let outputs = h.outputs();
+    let [Output::Completed(completion)] = outputs.as_slice() else {
+        panic!("completed when the limit was passed: {outputs:?}");
+    };
+    assert_eq!(completion.action_id, id);
+    assert_eq!((completion.sent_at, completion.completed_at), (sent_at, h.now));
+    assert_eq!(completion.result, Err(ActionError::Discarded(error.clone())));
     assert_eq!(h.conn.pending_actions(), 0);
     // More output, a second later, then the end of the message and what follows.
     h.advance(SEC);
@@ -1964,7 +1970,7 @@ fn events_keep_their_order_and_carry_server_key_and_time() {
     let outputs = h.outputs();
     assert_eq!(event_names(&outputs), ["Newchannel", "Newstate", "Hangup"]);
     let evs = events(&outputs);
-    assert!(evs.iter().all(|e| &*e.server_key == "pbx1"));
+    assert!(evs.iter().all(|e| &**e.server_key() == "pbx1"));
     assert_eq!(evs[0].received_at, t0);
     assert_eq!(evs[2].received_at, t0 + 7 * MS);
     assert_eq!(evs[0].get("Channel"), Some("A"));

@@ -208,7 +208,7 @@ fn broadcasts_reach_the_other_sessions() {
     let sink = seen.clone();
     driver.on_event("UserEvent", move |event| {
         sink.borrow_mut().push((
-            event.server_key.to_string(),
+            event.server_key().to_string(),
             event.get("ActionID").unwrap_or("").to_owned(),
         ));
     });
