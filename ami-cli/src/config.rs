@@ -307,8 +307,9 @@ pub struct Options {
     pub blocked_events: Vec<String>,
     /// `priority_events`: event names delivered first ([]).
     pub priority_events: Vec<String>,
-    /// `memory_limit` in bytes (none).
-    pub memory_limit: Option<u64>,
+    /// `memory_limit` in bytes (134,217,728): what the process may hold for all its
+    /// servers together (see `ami_proto::budget`).
+    pub memory_limit: usize,
 }
 
 impl Default for Options {
@@ -336,7 +337,7 @@ impl Default for Options {
             write_buffer_limit: base.write_buffer_limit,
             blocked_events: Vec::new(),
             priority_events: Vec::new(),
-            memory_limit: None,
+            memory_limit: ami_proto::budget::DEFAULT_MEMORY_LIMIT,
         }
     }
 }
@@ -1219,7 +1220,7 @@ struct RawOptions {
     write_buffer_limit: Option<usize>,
     blocked_events: Option<Vec<String>>,
     priority_events: Option<Vec<String>>,
-    memory_limit: Option<u64>,
+    memory_limit: Option<usize>,
 }
 
 /// The normalized `[listen]` table.
@@ -1308,7 +1309,7 @@ fn build_options(raw: RawOptions) -> Result<Options, ConfigError> {
         write_buffer_limit: raw.write_buffer_limit.unwrap_or(d.write_buffer_limit),
         blocked_events: raw.blocked_events.unwrap_or(d.blocked_events),
         priority_events: raw.priority_events.unwrap_or(d.priority_events),
-        memory_limit: raw.memory_limit.or(d.memory_limit),
+        memory_limit: raw.memory_limit.unwrap_or(d.memory_limit),
     };
     // Each pattern alone, so that the error names its key and index.
     let none: [&str; 0] = [];
@@ -1521,7 +1522,7 @@ mod tests {
         assert_eq!(o.write_buffer_limit, 5_242_880);
         assert!(o.blocked_events.is_empty());
         assert!(o.priority_events.is_empty());
-        assert_eq!(o.memory_limit, None);
+        assert_eq!(o.memory_limit, 134_217_728);
         assert_eq!(*o, Options::default());
         assert_eq!(config.listen.tick_timeout_ms, 25);
 
@@ -1615,7 +1616,7 @@ mod tests {
         assert_eq!(o.write_buffer_limit, 30);
         assert_eq!(o.blocked_events, ["FullyBooted", "RTCPSent"]);
         assert_eq!(o.priority_events, ["DialBegin"]);
-        assert_eq!(o.memory_limit, Some(134_217_728));
+        assert_eq!(o.memory_limit, 134_217_728);
         assert_eq!(config.listen.tick_timeout_ms, 5);
 
         // Server a: everything from [options].
@@ -1784,8 +1785,8 @@ mod tests {
         assert!(!s.tls);
         assert_eq!(config.options.connect_timeout, Duration::from_millis(1500));
         assert!(config.options.enforce_ip_endpoints);
-        // An empty string leaves an optional key unset.
-        assert_eq!(config.options.memory_limit, None);
+        // An empty string leaves an optional key unset: the default applies.
+        assert_eq!(config.options.memory_limit, 134_217_728);
         assert_eq!(config.listen.tick_timeout_ms, 7);
 
         let config = parse(
@@ -1795,7 +1796,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.servers["node_1"].port, 6000);
         assert!(config.servers["node_1"].tls);
-        assert_eq!(config.options.memory_limit, Some(1024));
+        assert_eq!(config.options.memory_limit, 1024);
 
         let e = parse_err_with(text, &[("TLS", "yes")]);
         assert_eq!(

@@ -72,6 +72,8 @@ pub fn driver_for(
             },
             ..Policy::default()
         },
+        // One budget for every server of the process (the seeds' memory_limit).
+        memory_limit: o.memory_limit,
         ..DriverOptions::default()
     };
     let mut driver =

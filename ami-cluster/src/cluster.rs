@@ -7,10 +7,10 @@
 
 use std::time::Instant;
 
-use ami_proto::{Action, Config, SendError};
+use ami_proto::{Action, Config, MemoryBudget, SendError};
 
 use crate::health::Health;
-use crate::metrics::{NodeMetrics, render_prometheus};
+use crate::metrics::{NodeMetrics, render_memory, render_prometheus};
 use crate::node::{Node, NodeOutput, Policy};
 use crate::rng::Rng;
 use crate::routing::{NoServerAvailable, Router, Strategy};
@@ -33,6 +33,10 @@ pub struct ClusterConfig {
     pub seed: u64,
     /// Tag of this client in ActionIDs (drivers pick one per process).
     pub instance: u32,
+    /// The one memory budget of the whole client (`options.memory_limit`, 128 MiB by
+    /// default): every server's connections charge it, in place of the budget their
+    /// `Config` came with (see [`ami_proto::budget`]).
+    pub memory: MemoryBudget,
 }
 
 impl ClusterConfig {
@@ -44,6 +48,7 @@ impl ClusterConfig {
             policy: Policy::default(),
             seed,
             instance,
+            memory: MemoryBudget::default(),
         }
     }
 }
@@ -91,6 +96,8 @@ pub struct Cluster {
     policy: Policy,
     instance: u32,
     seeds: Rng,
+    /// The budget every node's connections charge ([`ClusterConfig::memory`]).
+    memory: MemoryBudget,
 }
 
 impl std::fmt::Display for ServerId {
@@ -108,7 +115,8 @@ impl Cluster {
         }
         let mut seeds = Rng::new(config.seed);
         let mut nodes: Vec<Node> = Vec::with_capacity(config.servers.len());
-        for server in config.servers {
+        for mut server in config.servers {
+            server.budget = config.memory.clone();
             if nodes.iter().any(|n| n.key() == server.server_key) {
                 return Err(ClusterError::DuplicateServer(server.server_key));
             }
@@ -135,6 +143,7 @@ impl Cluster {
             policy: config.policy,
             instance: config.instance,
             seeds,
+            memory: config.memory,
         })
     }
 
@@ -147,12 +156,13 @@ impl Cluster {
     /// Adds an idle server with its own reconnect policy.
     pub fn add_with_policy(
         &mut self,
-        server: Config,
+        mut server: Config,
         policy: Policy,
     ) -> Result<ServerId, ClusterError> {
         if self.id(&server.server_key).is_some() {
             return Err(ClusterError::DuplicateServer(server.server_key));
         }
+        server.budget = self.memory.clone();
         let seed = self.seeds.next_u64();
         self.nodes
             .push(Node::new(server, self.instance, seed, policy));
@@ -303,10 +313,17 @@ impl Cluster {
         self.nodes.iter().map(|n| (n.key(), n.metrics())).collect()
     }
 
-    /// Every server's metrics in the Prometheus text format.
+    /// The memory budget every server's connections charge.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
+    }
+
+    /// Every server's metrics in the Prometheus text format, then the client's memory
+    /// budget (`ami_memory_used_bytes`, `ami_memory_limit_bytes`).
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
         render_prometheus(&self.metrics(), &mut out);
+        render_memory(&self.memory, &mut out);
         out
     }
 

@@ -69,8 +69,12 @@ pub struct NodeMetrics {
     pub connection_status: u8,
     /// Actions awaiting completion on the current connection.
     pub pending_actions: usize,
-    /// `ami_dropped_events_total`: events dropped (queue full) over all connections.
+    /// `ami_dropped_events_total{reason="queue_full"}`: events dropped because the
+    /// event queue was full, over all connections.
     pub dropped_events_total: u64,
+    /// `ami_dropped_events_total{reason="memory_limit"}`: events dropped because the
+    /// memory budget was exhausted, over all connections.
+    pub dropped_events_memory_total: u64,
     /// `ami_action_latency_ms`: send-to-completion time of the application's actions.
     pub action_latency: LatencyHistogram,
     /// Connection attempts started by the reconnect policy (the first open included).
@@ -105,7 +109,7 @@ pub struct NodeMetrics {
 /// Writes `servers` (key, snapshot) in the Prometheus text exposition format.
 pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
     type Gauge = fn(&NodeMetrics) -> u64;
-    let simple: [(&str, &str, &str, Gauge); 13] = [
+    let simple: [(&str, &str, &str, Gauge); 12] = [
         (
             "ami_connection_status",
             "gauge",
@@ -117,12 +121,6 @@ pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
             "gauge",
             "Actions awaiting completion.",
             |m| m.pending_actions as u64,
-        ),
-        (
-            "ami_dropped_events_total",
-            "counter",
-            "Events dropped because the event queue was full (oldest first).",
-            |m| m.dropped_events_total,
         ),
         (
             "ami_reconnect_attempts_total",
@@ -191,6 +189,23 @@ pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
             let _ = writeln!(out, "{name}{{server=\"{}\"}} {}", escape(key), value(m));
         }
     }
+    let name = "ami_dropped_events_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Events dropped (oldest first), by reason: the event queue was full (queue_full) or the memory budget was exhausted (memory_limit).\n# TYPE {name} counter"
+    );
+    for (key, m) in servers {
+        let key = escape(key);
+        for (reason, value) in [
+            ("queue_full", m.dropped_events_total),
+            ("memory_limit", m.dropped_events_memory_total),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{server=\"{key}\",reason=\"{reason}\"}} {value}"
+            );
+        }
+    }
     let name = "ami_action_latency_ms";
     let _ = writeln!(
         out,
@@ -227,6 +242,28 @@ pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
     }
 }
 
+/// Writes the gauges of a client's memory budget: the bytes charged to it now and its
+/// limit (see [`ami_proto::budget`]).
+pub fn render_memory(budget: &ami_proto::MemoryBudget, out: &mut String) {
+    for (name, help, value) in [
+        (
+            "ami_memory_used_bytes",
+            "Bytes the client holds, charged to its memory budget.",
+            budget.used(),
+        ),
+        (
+            "ami_memory_limit_bytes",
+            "The memory budget's limit (options.memory_limit).",
+            budget.limit(),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+}
+
 /// Escapes a label value (backslash, double quote, newline).
 fn escape(value: &str) -> String {
     value
@@ -245,6 +282,7 @@ mod tests {
             connection_status: 1,
             pending_actions: 2,
             dropped_events_total: 7,
+            dropped_events_memory_total: 8,
             action_latency: LatencyHistogram::default(),
             reconnect_attempts: 3,
             connections_established: 1,
@@ -295,7 +333,12 @@ mod tests {
         assert!(out.contains("ami_connection_status{server=\"node_1\"} 1\n"));
         assert!(out.contains("ami_connection_status{server=\"we\\\"ird\"} 0\n"));
         assert!(out.contains("# TYPE ami_dropped_events_total counter\n"));
-        assert!(out.contains("ami_dropped_events_total{server=\"node_1\"} 7\n"));
+        assert!(
+            out.contains("ami_dropped_events_total{server=\"node_1\",reason=\"queue_full\"} 7\n")
+        );
+        assert!(
+            out.contains("ami_dropped_events_total{server=\"node_1\",reason=\"memory_limit\"} 8\n")
+        );
         assert!(out.contains("# TYPE ami_action_latency_ms histogram\n"));
         assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"2\"} 0\n"));
         assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"5\"} 2\n"));

@@ -94,6 +94,7 @@ enum Mode {
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
     dropped_events_closed: u64,
+    dropped_memory_closed: u64,
     /// Bad input counted by connections already replaced.
     discards_closed: u64,
     discarded_bytes_closed: u64,
@@ -388,6 +389,8 @@ impl Node {
             connection_status: self.health.connection_status(),
             pending_actions: self.conn.as_ref().map_or(0, Connection::pending_actions),
             dropped_events_total: c.dropped_events_closed + current.map_or(0, |s| s.events.dropped),
+            dropped_events_memory_total: c.dropped_memory_closed
+                + current.map_or(0, |s| s.events.dropped_memory),
             action_latency: self.latency,
             reconnect_attempts: self.reconnector.attempts(),
             connections_established: c.established,
@@ -426,6 +429,7 @@ impl Node {
             // Whatever the application has not polled yet is kept, in order.
             let stats = old.stats();
             self.counters.dropped_events_closed += stats.events.dropped;
+            self.counters.dropped_memory_closed += stats.events.dropped_memory;
             self.counters.discards_closed += stats.discards;
             self.counters.discarded_bytes_closed += stats.discarded_bytes;
             self.counters.unmatched_closed += stats.unmatched;

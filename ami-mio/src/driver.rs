@@ -51,6 +51,12 @@ pub struct DriverOptions {
     pub read_budget: usize,
     /// Actions other threads may have in flight to the driver (default 1024).
     pub submit_capacity: usize,
+    /// Bytes the driver may hold for all its servers together (`options.memory_limit`,
+    /// default 128 MiB): queued events, collected replies, parser and write buffers
+    /// (see [`ami_proto::budget`]). At the limit the oldest events are dropped and
+    /// counted (`ami_dropped_events_total{reason="memory_limit"}`) and new actions are
+    /// refused with [`SendError::MemoryLimit`](ami_proto::SendError::MemoryLimit).
+    pub memory_limit: usize,
     /// Reconnect policy of every server: jittered backoff (100 ms..30 s) and the
     /// circuit breaker (opens after 5 failures for 30 s).
     pub policy: Policy,
@@ -71,6 +77,7 @@ impl Default for DriverOptions {
             dispatch_budget: Duration::from_millis(10),
             read_budget: 1024 * 1024,
             submit_capacity: 1024,
+            memory_limit: ami_proto::budget::DEFAULT_MEMORY_LIMIT,
             policy: Policy::default(),
             seed: None,
             routing: Strategy::RoundRobin,
@@ -250,6 +257,8 @@ pub struct Driver {
     options: DriverOptions,
     instance: u32,
     seed: u64,
+    /// The budget every server charges (`options.memory_limit`).
+    memory: ami_proto::MemoryBudget,
     /// A routing strategy that names servers not added yet.
     pending_routing: Option<Strategy<String>>,
     inbox: Receiver<Submission>,
@@ -297,6 +306,7 @@ impl Driver {
             listeners: Listeners::default(),
             read_buf: vec![0; 64 * 1024],
             pending_routing: Some(options.routing.clone()),
+            memory: ami_proto::MemoryBudget::new(options.memory_limit),
             options,
             instance: ami_proto::rng::random_seed() as u32,
             seed,
@@ -338,6 +348,7 @@ impl Driver {
                     policy: self.options.policy,
                     seed: self.seed,
                     instance: self.instance,
+                    memory: self.memory.clone(),
                 })?);
                 ServerId(0)
             }
@@ -440,9 +451,16 @@ impl Driver {
             None => {
                 let mut out = String::new();
                 ami_cluster::render_prometheus(&[], &mut out);
+                ami_cluster::render_memory(&self.memory, &mut out);
                 out
             }
         }
+    }
+
+    /// The memory budget all servers of this driver charge
+    /// ([`DriverOptions::memory_limit`]): `used()` is what the driver holds now.
+    pub fn memory(&self) -> &ami_proto::MemoryBudget {
+        &self.memory
     }
 
     /// Counters of the server's current connection (they start again with every

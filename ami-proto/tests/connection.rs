@@ -1091,8 +1091,14 @@ fn command_output_over_the_limit_fails_the_action_at_once() {
         panic!("completed when the limit was passed: {outputs:?}");
     };
     assert_eq!(completion.action_id, id);
-    assert_eq!((completion.sent_at, completion.completed_at), (sent_at, h.now));
-    assert_eq!(completion.result, Err(ActionError::Discarded(error.clone())));
+    assert_eq!(
+        (completion.sent_at, completion.completed_at),
+        (sent_at, h.now)
+    );
+    assert_eq!(
+        completion.result,
+        Err(ActionError::Discarded(error.clone()))
+    );
     assert_eq!(h.conn.pending_actions(), 0);
     // More output, a second later, then the end of the message and what follows.
     h.advance(SEC);

@@ -18,7 +18,9 @@ use crate::task::{self, HandleToken, Shared, Until, Waiter};
 /// How to run one server.
 #[derive(Debug, Clone)]
 pub struct ClientSpec {
-    /// Connection settings (server key, credentials, limits, timeouts).
+    /// Connection settings (server key, credentials, limits, timeouts, memory budget).
+    /// In a cluster, every server charges the first server's `config.budget`: one cap
+    /// for the whole client (see [`ami_proto::budget`]).
     pub config: Config,
     /// Where the server listens (an IP address: no DNS in the connection task).
     pub addr: SocketAddr,
@@ -58,6 +60,7 @@ pub(crate) fn spawn_all<R: Runtime>(
         policy: first.policy,
         seed,
         instance: ami_proto::rng::random_seed() as u32,
+        memory: first.config.budget.clone(),
     })?;
     for spec in &specs[1..] {
         core.add_with_policy(spec.config.clone(), spec.policy)?;
