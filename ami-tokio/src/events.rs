@@ -1,16 +1,21 @@
 //! Event streams: one bounded, drop-oldest buffer per subscriber.
 //!
 //! The connection task never waits for a subscriber: it pushes each event into the
-//! buffer of every stream whose [`Filter`] matches and moves on. A full buffer drops
-//! its oldest event and counts it ([`EventStream::dropped`]), like the core's own event
-//! queue; a slow consumer loses events, never the connection.
+//! buffer of every stream whose [`Filter`] matches and moves on. The buffer is the
+//! core's own drop-oldest [`EventQueue`]: a full buffer drops its oldest event, counts
+//! it ([`EventStream::dropped`]) and logs a rate-limited warning; a slow consumer loses
+//! events, never the connection. An event in a buffer keeps its charge of the memory
+//! budget (shared with the copies in other streams) until the stream hands it out and
+//! the consumer drops it, so streams that fall behind make the connection drop new
+//! events for memory rather than let the client grow.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use ami_proto::events::{EventQueue, Pushed};
 use ami_proto::{Event, Filter};
 use futures_core::Stream;
 use futures_util::task::AtomicWaker;
@@ -18,13 +23,14 @@ use futures_util::task::AtomicWaker;
 /// Events a stream buffers by default before it drops the oldest.
 pub const DEFAULT_STREAM_CAPACITY: usize = 10_000;
 
+/// At most one warning per this interval about one stream's drops.
+const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The buffer shared by a stream and the connection task.
 #[derive(Debug)]
 pub(crate) struct Subscriber {
     filter: Filter,
-    capacity: usize,
-    queue: Mutex<VecDeque<Event>>,
-    dropped: AtomicU64,
+    queue: Mutex<EventQueue>,
     delivered: AtomicU64,
     /// The client's task has ended: no more events will come.
     finished: AtomicBool,
@@ -32,18 +38,27 @@ pub(crate) struct Subscriber {
 }
 
 impl Subscriber {
+    fn queue(&self) -> MutexGuard<'_, EventQueue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Offers an event; returns whether the filter took it.
-    pub(crate) fn offer(&self, event: &Event) -> bool {
+    pub(crate) fn offer(&self, event: &Event, now: Instant) -> bool {
         if !self.filter.matches(event) {
             return false;
         }
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if queue.len() >= self.capacity {
-            queue.pop_front();
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let pushed = self.queue().push(event.clone(), now);
+        if let Pushed::DroppedOldest {
+            warn: true,
+            dropped_since_warning,
+        } = pushed
+        {
+            tracing::warn!(
+                server_key = %event.server_key(),
+                dropped = dropped_since_warning,
+                "event stream full: its consumer fell behind, oldest events dropped"
+            );
         }
-        queue.push_back(event.clone());
-        drop(queue);
         self.waker.wake();
         true
     }
@@ -68,9 +83,7 @@ impl Subscribers {
     pub(crate) fn subscribe(&self, filter: Filter, capacity: usize) -> EventStream {
         let subscriber = Arc::new(Subscriber {
             filter,
-            capacity: capacity.max(1),
-            queue: Mutex::new(VecDeque::new()),
-            dropped: AtomicU64::new(0),
+            queue: Mutex::new(EventQueue::new(capacity, &[], &[], DROP_WARNING_INTERVAL)),
             delivered: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -83,12 +96,12 @@ impl Subscribers {
     }
 
     /// Hands `events` to every live stream; forgets streams that were dropped.
-    pub(crate) fn dispatch(&self, events: &[Event]) {
+    pub(crate) fn dispatch(&self, events: &[Event], now: Instant) {
         let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         list.retain(|s| Arc::strong_count(s) > 1);
         for subscriber in list.iter() {
             for event in events {
-                subscriber.offer(event);
+                subscriber.offer(event, now);
             }
         }
     }
@@ -126,7 +139,7 @@ pub struct EventStream {
 impl EventStream {
     /// Events this stream dropped (oldest first) because its consumer fell behind.
     pub fn dropped(&self) -> u64 {
-        self.subscriber.dropped.load(Ordering::Relaxed)
+        self.subscriber.queue().counters().dropped
     }
 
     /// Events this stream has handed out.
@@ -136,11 +149,7 @@ impl EventStream {
 
     /// Events waiting in the buffer.
     pub fn queued(&self) -> usize {
-        self.subscriber
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.subscriber.queue().len()
     }
 }
 
@@ -149,13 +158,7 @@ impl Stream for EventStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let subscriber = &self.subscriber;
-        let take = || {
-            subscriber
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front()
-        };
+        let take = || subscriber.queue().pop();
         if let Some(event) = take() {
             subscriber.delivered.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Some(event));

@@ -328,7 +328,7 @@ fn drain<R: Runtime>(
                 events.push(event);
                 if events.len() >= 256 {
                     dispatched += events.len();
-                    shared.subscribers.dispatch(events);
+                    shared.subscribers.dispatch(events, now);
                     events.clear();
                 }
             }
@@ -345,7 +345,7 @@ fn drain<R: Runtime>(
     }
     if !events.is_empty() {
         dispatched += events.len();
-        shared.subscribers.dispatch(events);
+        shared.subscribers.dispatch(events, now);
         events.clear();
     }
     answer_waiters(inner, now);
