@@ -74,6 +74,7 @@ pub enum Readiness {
 
 /// Why a server will not become ready by waiting (see [`Readiness`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NotReady {
     /// The application closed the server; it does not reconnect until opened again.
     #[error("the server was closed by the application")]
@@ -98,6 +99,9 @@ fn is_permanent(reason: &CloseReason) -> bool {
 }
 
 /// What the core asks of its driver, or hands to the application.
+///
+/// Exhaustive on purpose: whoever drives it must handle every output, so a new kind
+/// of output is a breaking change that their `match` reports.
 #[derive(Debug)]
 pub enum ClientOutput<P> {
     /// Open a transport to the server now; report it with

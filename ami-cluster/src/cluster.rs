@@ -55,6 +55,7 @@ impl ClusterConfig {
 
 /// Why the registry refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClusterError {
     /// No server has this key.
     #[error("unknown server {0:?}")]
@@ -69,6 +70,7 @@ pub enum ClusterError {
 
 /// Why a routed send failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RouteError {
     /// No server qualified.
     #[error(transparent)]

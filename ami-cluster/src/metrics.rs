@@ -62,6 +62,7 @@ impl LatencyHistogram {
 
 /// A snapshot of one server's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NodeMetrics {
     /// The server's health when the snapshot was taken.
     pub health: Health,

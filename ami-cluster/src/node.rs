@@ -60,6 +60,9 @@ impl Default for Policy {
 }
 
 /// What a node asks of its driver, or reports.
+///
+/// Exhaustive on purpose: whoever drives it must handle every output, so a new kind
+/// of output is a breaking change that their `match` reports.
 #[derive(Debug)]
 pub enum NodeOutput {
     /// Open a transport to the server now; report it with [`Node::handle_connected`]

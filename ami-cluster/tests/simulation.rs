@@ -115,6 +115,7 @@ fn a_day_of_random_faults() {
             Err(RouteError::Refused { error, .. }) => {
                 *refused.entry(format!("{error:?}")).or_default() += 1
             }
+            Err(other) => panic!("unexpected routing error: {other}"),
         }
         // Undo faults whose time has come.
         let now = net.now;

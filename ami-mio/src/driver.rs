@@ -126,6 +126,7 @@ impl ServerSpec {
 
 /// Why the driver refused a request.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DriverError {
     /// The endpoint has no usable address.
     #[error(transparent)]
@@ -145,6 +146,7 @@ pub enum DriverError {
 
 /// Why waiting for something failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WaitError {
     /// The action was refused.
     #[error(transparent)]
@@ -168,6 +170,7 @@ pub enum WaitError {
 
 /// What one tick did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TickReport {
     /// Bytes read from all sockets.
     pub bytes_read: u64,
@@ -182,6 +185,7 @@ pub struct TickReport {
 /// Counters of the driver itself (each connection has its own [`Stats`], each
 /// server its [`NodeMetrics`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DriverStats {
     /// Ticks run.
     pub ticks: u64,

@@ -69,6 +69,7 @@ pub(crate) enum Destination {
 
 /// Why an endpoint has no address.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EndpointError {
     /// A hostname where an IP literal is required.
     #[error(

@@ -9,6 +9,7 @@ use mio::Waker;
 
 /// Why a submitted action did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubmitError {
     /// No server has this key.
     #[error("no server {0:?}")]

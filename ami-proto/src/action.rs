@@ -227,6 +227,7 @@ impl fmt::Debug for Action {
 /// Why an action could not be encoded. Messages name keys, indexes and
 /// lengths, never header values (which may be secrets).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// The action name is empty.
     #[error("action name is empty")]

@@ -88,6 +88,7 @@ pub const TRIM_CAPACITY: usize = 64 * 1024;
 #[error(
     "memory budget exhausted: {requested} more bytes would pass the limit ({used} of {limit} in use)"
 )]
+#[non_exhaustive]
 pub struct BudgetExceeded {
     /// The bytes asked for.
     pub requested: usize,

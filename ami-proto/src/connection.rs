@@ -130,6 +130,9 @@ impl State {
 }
 
 /// One output of the connection, from [`Connection::poll`].
+///
+/// Exhaustive on purpose: whoever drives it must handle every output, so a new kind
+/// of output is a breaking change that their `match` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// The state changed.
@@ -155,6 +158,7 @@ pub enum Output {
 
 /// Counters of one connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Bytes handed to [`Connection::handle_data`].
     pub bytes_received: u64,

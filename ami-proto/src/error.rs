@@ -17,6 +17,7 @@ use crate::parser::ParseError;
 /// work. [`setting`](ConfigError::setting) names the [`Config`](crate::config::Config)
 /// field concerned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// `server_key` is empty: it names the server in logs and ActionIDs.
     #[error("server_key is empty")]
@@ -124,6 +125,7 @@ impl ConfigError {
 /// Why [`Connection::send`](crate::connection::Connection::send) refused an action.
 /// A refused action was never written and never completes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The connection is not logged in (or is closing): actions are refused at once
     /// rather than queued (usage guide §6).
@@ -177,6 +179,7 @@ pub enum Stage {
 /// Why an action did not complete successfully. Every action completes exactly once:
 /// with its reply or with one of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ActionError {
     /// Asterisk answered `Response: Error`.
     #[error("Asterisk refused the action: {message}")]
@@ -226,6 +229,7 @@ pub enum ActionError {
 
 /// Why a connection closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// Closed by [`Connection::close`](crate::connection::Connection::close): `Logoff`
     /// answered by `Goodbye` or end of stream.

@@ -217,6 +217,7 @@ impl Filter {
 
 /// Counters of the event queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EventCounters {
     /// Events queued in all.
     pub queued: u64,
@@ -293,6 +294,7 @@ pub(crate) struct Room {
 
 /// What [`EventQueue::push`] did, for the caller's logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Pushed {
     /// Queued.
     Queued,

@@ -104,6 +104,7 @@ impl Default for Limits {
 
 /// Why input was discarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ParseError {
     /// A message grew past [`Limits::max_frame_size`].
     #[error("message larger than the frame limit of {limit} bytes")]

@@ -4,6 +4,7 @@ use ami_proto::{ActionError, SendError};
 
 /// Why [`Client::send`](crate::Client::send) (or a helper) has no reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Refused at once, never written: not logged in (`NotReady`), too many pending
     /// actions, write buffer full, or not encodable.
