@@ -42,25 +42,22 @@ impl Subscriber {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Offers an event; returns whether the filter took it.
-    pub(crate) fn offer(&self, event: &Event, now: Instant) -> bool {
-        if !self.filter.matches(event) {
-            return false;
-        }
-        let pushed = self.queue().push(event.clone(), now);
+    /// Queues an event the filter took.
+    fn push(&self, event: Event, now: Instant) {
+        let server_key = event.server_key().clone();
+        let pushed = self.queue().push(event, now);
         if let Pushed::DroppedOldest {
             warn: true,
             dropped_since_warning,
         } = pushed
         {
             tracing::warn!(
-                server_key = %event.server_key(),
+                server_key = %server_key,
                 dropped = dropped_since_warning,
                 "event stream full: its consumer fell behind, oldest events dropped"
             );
         }
         self.waker.wake();
-        true
     }
 
     /// No more events: the stream ends once its buffer is empty.
@@ -95,13 +92,21 @@ impl Subscribers {
         EventStream { subscriber }
     }
 
-    /// Hands `events` to every live stream; forgets streams that were dropped.
-    pub(crate) fn dispatch(&self, events: &[Event], now: Instant) {
+    /// Hands `events` to every live stream whose filter takes them, emptying
+    /// `events`; forgets streams that were dropped. The last stream that takes an
+    /// event gets the event itself, the others a copy (which shares its charge).
+    pub(crate) fn dispatch(&self, events: &mut Vec<Event>, now: Instant) {
         let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         list.retain(|s| Arc::strong_count(s) > 1);
-        for subscriber in list.iter() {
-            for event in events {
-                subscriber.offer(event, now);
+        for event in events.drain(..) {
+            let mut taker: Option<&Subscriber> = None;
+            for subscriber in list.iter().filter(|s| s.filter.matches(&event)) {
+                if let Some(previous) = taker.replace(subscriber) {
+                    previous.push(event.clone(), now);
+                }
+            }
+            if let Some(last) = taker {
+                last.push(event, now);
             }
         }
     }

@@ -329,7 +329,6 @@ fn drain<R: Runtime>(
                 if events.len() >= 256 {
                     dispatched += events.len();
                     shared.subscribers.dispatch(events, now);
-                    events.clear();
                 }
             }
             ClientOutput::Completed {
@@ -346,7 +345,6 @@ fn drain<R: Runtime>(
     if !events.is_empty() {
         dispatched += events.len();
         shared.subscribers.dispatch(events, now);
-        events.clear();
     }
     answer_waiters(inner, now);
     dispatched
