@@ -171,7 +171,10 @@ async fn a_lost_session_fails_in_flight_actions_once() {
         let client = client.clone();
         async move { client.queue_status().await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The action is in flight (sent, no reply yet: the sim answers after 300 ms).
+    while client.metrics().pending_actions == 0 {
+        tokio::task::yield_now().await;
+    }
     sim.kill();
     let result = pending.await.unwrap();
     assert!(
