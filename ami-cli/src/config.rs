@@ -384,12 +384,17 @@ pub struct ListenSettings {
     /// `tick_timeout_ms`: the longest one tick of the listen loop waits for
     /// input, in milliseconds (25; 0 polls without waiting).
     pub tick_timeout_ms: u64,
+    /// `outlet_queue_events`: events waiting for the outlet at most (1,000,000); past
+    /// this, or past half of `options.memory_limit` in bytes, the oldest are dropped
+    /// (reason `outlet_slow`).
+    pub outlet_queue_events: usize,
 }
 
 impl Default for ListenSettings {
     fn default() -> Self {
         ListenSettings {
             tick_timeout_ms: 25,
+            outlet_queue_events: 1_000_000,
         }
     }
 }
@@ -662,13 +667,22 @@ const OPTION_FIELDS: &[Field] = &[
 ];
 
 /// Keys of `[listen]`.
-const LISTEN_FIELDS: &[Field] = &[field(
-    "tick_timeout_ms",
-    Kind::Int {
-        min: 0,
-        max: MAX_MILLIS,
-    },
-)];
+const LISTEN_FIELDS: &[Field] = &[
+    field(
+        "tick_timeout_ms",
+        Kind::Int {
+            min: 0,
+            max: MAX_MILLIS,
+        },
+    ),
+    field(
+        "outlet_queue_events",
+        Kind::Int {
+            min: 1,
+            max: i64::MAX,
+        },
+    ),
+];
 
 // ---------------------------------------------------------------------------
 // Normalization: unknown keys, ${} expansion, overrides, types and ranges
@@ -1228,6 +1242,7 @@ struct RawOptions {
 #[serde(deny_unknown_fields)]
 struct RawListen {
     tick_timeout_ms: Option<u64>,
+    outlet_queue_events: Option<usize>,
 }
 
 /// Applies the defaults and the checks that need more than one key.
@@ -1238,6 +1253,10 @@ fn build(raw: RawFile) -> Result<FileConfig, ConfigError> {
             .listen
             .tick_timeout_ms
             .unwrap_or(ListenSettings::default().tick_timeout_ms),
+        outlet_queue_events: raw
+            .listen
+            .outlet_queue_events
+            .unwrap_or(ListenSettings::default().outlet_queue_events),
     };
     // One policy, shared by the connection settings of every server.
     let redactor = Arc::new(options.redactor()?);

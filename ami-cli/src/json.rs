@@ -15,6 +15,58 @@ pub fn headers(message: &Message) -> Value {
     )
 }
 
+/// Appends `value` as a JSON string: quotes, and escapes for what JSON requires
+/// (`"`, `\` and control characters) and nothing else; runs of plain bytes are copied
+/// as they are.
+pub fn string(out: &mut Vec<u8>, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = value.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends UNIX seconds with microseconds, e.g. `1700000000.250000`.
+pub fn seconds(out: &mut Vec<u8>, seconds: f64) {
+    use std::io::Write;
+    let _ = write!(out, "{seconds:.6}");
+}
+
+/// The wall clock now, as UNIX seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 /// Turns the driver's `Instant`s into wall-clock UNIX seconds, anchored once.
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {
@@ -23,7 +75,7 @@ pub struct WallClock {
 }
 
 impl WallClock {
-    /// Anchors the clock now.
+    /// Anchors the clock now (again, after a clock step, to follow the wall clock).
     pub fn new() -> Self {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -42,5 +94,33 @@ impl WallClock {
             self.unix.saturating_sub(self.instant - at)
         };
         unix.as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_escape_what_json_needs_only() {
+        for value in [
+            "",
+            "plain",
+            "quote \" and backslash \\",
+            "lines\r\n\ttab \u{1}\u{1f} end",
+            "unicode é 日本 \u{7f}",
+        ] {
+            let mut out = Vec::new();
+            string(&mut out, value);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(
+                serde_json::from_str::<String>(&text).unwrap(),
+                value,
+                "{text}"
+            );
+        }
+        let mut out = Vec::new();
+        string(&mut out, "a\u{1}b");
+        assert_eq!(out, b"\"a\\u0001b\"");
     }
 }

@@ -1,28 +1,41 @@
-//! `ami listen`: connect, log in, and write every event to stdout as a JSON line.
+//! `ami listen`: connect, log in, and write every event, and the status of every
+//! server, as JSON lines to stdout (or `--output FILE`).
 //!
-//! One line per event: `{"server":KEY,"name":NAME,"received_at":UNIX_SECONDS,
-//! "headers":[[KEY,VALUE],...]}`. Logs go to stderr. SIGTERM or SIGINT: stop taking
-//! new work, flush stdout, `Logoff` every server (waiting for `Goodbye` up to each
-//! server's close deadline), exit 0.
+//! The records and their schema are in the README ("The record stream"): `event`,
+//! `health`, `dropped`, `session_lost`, `session_back`. Logs go to stderr.
 //!
-//! A server whose connection fails or is lost is reconnected by the cluster (jittered
-//! backoff, circuit breaker); its health changes go to the log, the other servers'
-//! events keep flowing. `--metrics-addr` serves the cluster's metrics in the
-//! Prometheus text format on `GET /metrics`.
+//! The AMI loop never waits for the output: each tick's records go into the bounded
+//! queue of an [`outlet`](crate::outlet) that writes them on its own thread. When the
+//! reader falls behind, the oldest events are dropped, counted per server (reason
+//! `outlet_slow`) in `dropped` records, at most one per server and reason per second,
+//! and in `ami_dropped_events_total`; the sessions stay up.
+//!
+//! SIGTERM or SIGINT: every server gets its `Logoff`, the outlet gets what is left of
+//! [`SHUTDOWN_LIMIT`] to write what is queued, what it could not write is counted in a
+//! log line, and the process exits 0, also when stdout is blocked. When the output
+//! fails (a closed pipe: `ami listen | head -1`), the process logs why and exits with
+//! code 3.
+//!
+//! `--http-addr` (alias `--metrics-addr`) serves the metrics on `GET /metrics`.
 
-use std::cell::RefCell;
-use std::io::{self, BufWriter, Write};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use ami_mio::{Driver, ServerId};
+use ami_proto::State;
 
 use crate::CliError;
-use crate::json::{WallClock, headers};
+use crate::json::{WallClock, unix_now};
 use crate::metrics_http::MetricsEndpoint;
+use crate::outlet::{Bounds, JsonLines, OutletQueue, Record};
 use crate::worker::{ConfigArg, driver_for, init_logging, select};
 
 /// Arguments of `ami listen`.
@@ -44,20 +57,32 @@ pub struct ListenArgs {
     /// Default: `listen.tick_timeout_ms` of the config (25).
     #[arg(long, value_name = "MS")]
     pub tick_timeout_ms: Option<u64>,
-    /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9100`, path
-    /// `/metrics`).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    /// Append the records to this file instead of writing them to stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Serve the metrics over HTTP on this address (e.g. `127.0.0.1:9100`).
+    #[arg(long, value_name = "ADDR", alias = "metrics-addr")]
+    pub http_addr: Option<SocketAddr>,
     /// The config file.
     #[command(flatten)]
     pub config: ConfigArg,
 }
 
-/// How often the metrics endpoint's snapshot is refreshed.
-const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// How often the metrics are refreshed and drops reported.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long shutdown may take in all (each server also has its own close deadline).
+/// How long shutdown may take in all, from the signal to the exit.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Part of [`SHUTDOWN_LIMIT`] the servers' `Logoff`s may take; the rest is the
+/// outlet's.
+const LOGOFF_LIMIT: Duration = Duration::from_secs(5);
+
+/// Status records the outlet queue holds at most.
+const MAX_QUEUED_STATUS: usize = 10_000;
+
+/// Records collected during a tick, handed to the outlet after it.
+type Batch = Rc<RefCell<Vec<Record>>>;
 
 /// Runs `ami listen`.
 pub fn run(args: &ListenArgs) -> Result<(), CliError> {
@@ -78,36 +103,51 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::io("cannot handle signals", e))?;
     }
 
-    let stdout = Rc::new(RefCell::new(BufWriter::with_capacity(
-        256 * 1024,
-        io::stdout(),
-    )));
-    let write_error: Rc<RefCell<Option<io::Error>>> = Rc::default();
-    let clock = WallClock::new();
+    let bounds = Bounds {
+        events: file.listen.outlet_queue_events,
+        bytes: file.options.memory_limit / 2,
+        status: MAX_QUEUED_STATUS,
+    };
+    let queue = match &args.output {
+        None => OutletQueue::start("ami-outlet", JsonLines::new(io::stdout()), bounds),
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| CliError::io(format!("cannot open {}", path.display()), e))?;
+            OutletQueue::start("ami-outlet", JsonLines::new(file), bounds)
+        }
+    }
+    .map_err(|e| CliError::io("cannot start the outlet thread", e))?;
+
+    let batch: Batch = Rc::default();
+    let clock = Rc::new(Cell::new(WallClock::new()));
     {
-        let (stdout, write_error) = (stdout.clone(), write_error.clone());
-        driver.on_any_event(move |event| {
-            let line = json!({
-                "server": &**event.server_key(),
-                "name": event.name(),
-                "received_at": clock.unix_seconds(event.received_at),
-                "headers": headers(&event.message),
-            });
-            let mut out = stdout.borrow_mut();
-            let written = serde_json::to_writer(&mut *out, &line).map_err(io::Error::from);
-            if let Err(error) = written.and_then(|()| out.write_all(b"\n")) {
-                write_error.borrow_mut().get_or_insert(error);
-            }
+        let (batch, clock) = (batch.clone(), clock.clone());
+        driver.set_event_sink(move |event| {
+            let received_at = clock.get().unix_seconds(event.received_at);
+            batch
+                .borrow_mut()
+                .push(Record::Event { event, received_at });
         });
     }
-    driver.on_state_change(|server, from, to| {
-        tracing::debug!(server_key = server, ?from, ?to, "connection state")
-    });
-    driver.on_health_change(
-        |server, from, to| tracing::info!(server_key = server, %from, %to, "health"),
-    );
-    let metrics = args.metrics_addr.map(MetricsEndpoint::start).transpose()?;
-    let mut metrics_published: Option<Instant> = None;
+    let sessions = Sessions::watch(&mut driver, &batch);
+    {
+        let batch = batch.clone();
+        driver.on_health_change(move |server, from, to| {
+            tracing::info!(server_key = server, %from, %to, "health");
+            batch.borrow_mut().push(Record::Health {
+                server: server.into(),
+                from,
+                to,
+                at: unix_now(),
+            });
+        });
+    }
+    let metrics = args.http_addr.map(MetricsEndpoint::start).transpose()?;
+    let mut drops = DropReports::default();
+    let mut reported: Option<Instant> = None;
     driver
         .connect_all()
         .map_err(|e| CliError::Failed(e.to_string()))?;
@@ -116,21 +156,22 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) && max_iterations.is_none_or(|max| iterations < max) {
         let started = Instant::now();
+        // Re-anchored every tick, so that `received_at` follows the wall clock.
+        clock.set(WallClock::new());
         let report = driver.tick_all(tick);
         iterations += 1;
-        stdout
-            .borrow_mut()
-            .flush()
-            .map_err(|e| CliError::io("cannot write to stdout", e))?;
-        if let Some(error) = write_error.borrow_mut().take() {
-            result = Err(CliError::io("cannot write to stdout", error));
-            break;
-        }
-        if let Some(endpoint) = &metrics {
-            if metrics_published.is_none_or(|at| at.elapsed() >= METRICS_REFRESH) {
-                endpoint.publish(driver.render_prometheus());
-                metrics_published = Some(Instant::now());
+        sessions.report(&driver, &ids, &batch);
+        if reported.is_none_or(|at| at.elapsed() >= REPORT_INTERVAL) {
+            reported = Some(Instant::now());
+            drops.report(&driver, &queue, &mut batch.borrow_mut());
+            if let Some(endpoint) = &metrics {
+                endpoint.publish(driver.render_prometheus_with(&drops.outlet_samples()));
             }
+        }
+        queue.push(&mut batch.borrow_mut());
+        if let Some(failure) = queue.failure() {
+            result = Err(CliError::OutletClosed(failure));
+            break;
         }
         // Lost connections are retried by the cluster; only servers closed for good
         // (none today: listen never closes one before shutdown) end the loop.
@@ -147,16 +188,123 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
             }
         }
     }
+    let deadline = Instant::now() + SHUTDOWN_LIMIT;
     if stop.load(Ordering::Relaxed) {
         tracing::info!("signal received: shutting down");
     }
-    let closed = driver.shutdown(SHUTDOWN_LIMIT);
-    if !closed {
+    sessions.shutting_down.set(true);
+    if !driver.shutdown(LOGOFF_LIMIT) {
         tracing::warn!("some servers did not acknowledge the logoff in time");
     }
-    stdout
-        .borrow_mut()
-        .flush()
-        .map_err(|e| CliError::io("cannot write to stdout", e))?;
+    drops.report(&driver, &queue, &mut batch.borrow_mut());
+    queue.push(&mut batch.borrow_mut());
+    let unwritten = queue.finish(deadline);
+    if unwritten.records > 0 {
+        tracing::warn!(
+            records = unwritten.records,
+            "output blocked at exit: records not written, dropped"
+        );
+    }
+    if let Err(CliError::OutletClosed(why)) = &result {
+        tracing::error!(error = %why, "output closed: stopping");
+    }
     result
+}
+
+/// Tracks logged-in sessions for the `session_lost` and `session_back` records.
+struct Sessions {
+    /// Servers whose logged-in session ended since the last report.
+    lost: Rc<RefCell<Vec<Arc<str>>>>,
+    /// Set once shutdown begins: closing sessions then are not losses.
+    shutting_down: Rc<Cell<bool>>,
+}
+
+impl Sessions {
+    fn watch(driver: &mut Driver, batch: &Batch) -> Sessions {
+        let lost: Rc<RefCell<Vec<Arc<str>>>> = Rc::default();
+        let shutting_down = Rc::new(Cell::new(false));
+        let was_lost: Rc<RefCell<HashMap<String, bool>>> = Rc::default();
+        {
+            let (lost, shutting_down, batch) = (lost.clone(), shutting_down.clone(), batch.clone());
+            driver.on_state_change(move |server, from, to| {
+                tracing::debug!(server_key = server, ?from, ?to, "connection state");
+                let mut was_lost = was_lost.borrow_mut();
+                if from.is_ready() && to == State::Closed && !shutting_down.get() {
+                    was_lost.insert(server.to_owned(), true);
+                    lost.borrow_mut().push(server.into());
+                } else if to.is_ready() && !from.is_ready() && was_lost.remove(server).is_some() {
+                    batch.borrow_mut().push(Record::SessionBack {
+                        server: server.into(),
+                        at: unix_now(),
+                    });
+                }
+            });
+        }
+        Sessions {
+            lost,
+            shutting_down,
+        }
+    }
+
+    /// Adds a `session_lost` record, with why, for each session lost this tick.
+    fn report(&self, driver: &Driver, ids: &[ServerId], batch: &Batch) {
+        for server in self.lost.borrow_mut().drain(..) {
+            let reason = ids
+                .iter()
+                .find(|&&id| driver.server_key(id) == &*server)
+                .and_then(|&id| driver.node(id).last_close_reason())
+                .map_or_else(|| "unknown".to_owned(), |reason| reason.to_string());
+            batch.borrow_mut().push(Record::SessionLost {
+                server,
+                reason,
+                at: unix_now(),
+            });
+        }
+    }
+}
+
+/// The drop totals last reported, per server and reason.
+#[derive(Default)]
+struct DropReports {
+    reported: HashMap<(Arc<str>, &'static str), u64>,
+}
+
+impl DropReports {
+    /// Adds a `dropped` record for each server and reason with drops since the last
+    /// report: the outlet's (`outlet_slow`) and the driver's (`memory_limit`,
+    /// `queue_full`).
+    fn report(&mut self, driver: &Driver, queue: &OutletQueue, batch: &mut Vec<Record>) {
+        let counts = queue.counts();
+        let mut totals: Vec<(Arc<str>, &'static str, u64)> = counts
+            .dropped
+            .into_iter()
+            .map(|(server, total)| (server, "outlet_slow", total))
+            .collect();
+        for (server, metrics) in driver.cluster_metrics() {
+            let server: Arc<str> = server.into();
+            totals.push((server.clone(), "queue_full", metrics.dropped_events_total));
+            totals.push((server, "memory_limit", metrics.dropped_events_memory_total));
+        }
+        for (server, reason, total) in totals {
+            let last = self.reported.entry((server.clone(), reason)).or_insert(0);
+            if total > *last {
+                batch.push(Record::Dropped {
+                    server,
+                    count: total - *last,
+                    total,
+                    reason,
+                });
+                *last = total;
+            }
+        }
+    }
+
+    /// The `outlet_slow` totals reported so far, as metric samples.
+    fn outlet_samples(&self) -> Vec<(&str, &str, u64)> {
+        self.reported
+            .iter()
+            .filter(|((_, reason), _)| *reason == "outlet_slow")
+            .map(|((server, reason), total)| (&**server, *reason, *total))
+            .collect()
+    }
 }

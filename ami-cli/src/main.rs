@@ -10,6 +10,7 @@ mod demo;
 mod json;
 mod listen;
 mod metrics_http;
+mod outlet;
 mod send;
 mod worker;
 
@@ -55,6 +56,8 @@ pub enum CliError {
     Usage(String),
     /// The work itself failed: a connection, a login, an action (exit code 1).
     Failed(String),
+    /// The output of `ami listen` failed, e.g. a closed pipe (exit code 3).
+    OutletClosed(String),
     /// Reading or writing failed (exit code 1).
     Io {
         /// What was being done, e.g. `cannot open capture.raw`.
@@ -77,6 +80,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::OutletClosed(_) => 3,
             CliError::Failed(_) | CliError::Io { .. } => 1,
         }
     }
@@ -92,6 +96,7 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Usage(message) | CliError::Failed(message) => f.write_str(message),
+            CliError::OutletClosed(why) => write!(f, "output closed: {why}"),
             CliError::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -100,7 +105,7 @@ impl fmt::Display for CliError {
 impl std::error::Error for CliError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            CliError::Usage(_) | CliError::Failed(_) => None,
+            CliError::Usage(_) | CliError::Failed(_) | CliError::OutletClosed(_) => None,
             CliError::Io { source, .. } => Some(source),
         }
     }

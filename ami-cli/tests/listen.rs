@@ -76,12 +76,22 @@ fn listen_prints_events_and_logs_off_on_sigterm() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    for _ in 0..5 {
+    let (mut lines, mut health) = (Vec::new(), Vec::new());
+    while lines.len() < 5 {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        lines.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        let record = serde_json::from_str::<serde_json::Value>(&line).unwrap();
+        match record["type"].as_str() {
+            Some("event") => lines.push(record),
+            Some("health") => health.push(record),
+            other => panic!("unexpected record {other:?}: {line}"),
+        }
     }
+    // The health changes come in the same stream, before the first event.
+    let last = health.last().expect("health records");
+    assert_eq!(last["server"], "fake");
+    assert_eq!(last["to"], "healthy");
+    assert!(last["at"].as_f64().unwrap() > 1.7e9);
     for (seq, line) in lines.iter().enumerate() {
         assert_eq!(line["server"], "fake");
         assert_eq!(line["name"], "UserEvent");

@@ -10,7 +10,7 @@ use std::time::Instant;
 use ami_proto::{Action, Config, MemoryBudget, SendError};
 
 use crate::health::Health;
-use crate::metrics::{NodeMetrics, render_memory, render_prometheus};
+use crate::metrics::{NodeMetrics, render_memory, render_prometheus_with};
 use crate::node::{Node, NodeOutput, Policy};
 use crate::rng::Rng;
 use crate::routing::{NoServerAvailable, Router, Strategy};
@@ -323,8 +323,14 @@ impl Cluster {
     /// Every server's metrics in the Prometheus text format, then the client's memory
     /// budget (`ami_memory_used_bytes`, `ami_memory_limit_bytes`).
     pub fn render_prometheus(&self) -> String {
+        self.render_prometheus_with(&[])
+    }
+
+    /// [`render_prometheus`](Cluster::render_prometheus) with drops of the
+    /// application's own (see [`render_prometheus_with`]).
+    pub fn render_prometheus_with(&self, more_drops: &[(&str, &str, u64)]) -> String {
         let mut out = String::new();
-        render_prometheus(&self.metrics(), &mut out);
+        render_prometheus_with(&self.metrics(), more_drops, &mut out);
         render_memory(&self.memory, &mut out);
         out
     }

@@ -44,7 +44,9 @@ pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Transition};
 pub use client::{ClientCore, ClientOutput, NotReady, Readiness, Refused, Ticket};
 pub use cluster::{Cluster, ClusterConfig, ClusterError, RouteError, ServerId};
 pub use health::{Health, RetryStatus};
-pub use metrics::{LatencyHistogram, NodeMetrics, render_memory, render_prometheus};
+pub use metrics::{
+    LatencyHistogram, NodeMetrics, render_memory, render_prometheus, render_prometheus_with,
+};
 pub use node::{Node, NodeOutput, Policy};
 pub use reconnect::{Decision, Reconnector};
 pub use rng::Rng;

@@ -109,6 +109,17 @@ pub struct NodeMetrics {
 
 /// Writes `servers` (key, snapshot) in the Prometheus text exposition format.
 pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
+    render_prometheus_with(servers, &[], out);
+}
+
+/// [`render_prometheus`] plus events the application dropped itself, as more samples
+/// of `ami_dropped_events_total`: `(server, reason, total)` each (e.g. an outlet that
+/// fell behind, reason `outlet_slow`).
+pub fn render_prometheus_with(
+    servers: &[(&str, NodeMetrics)],
+    more_drops: &[(&str, &str, u64)],
+    out: &mut String,
+) {
     type Gauge = fn(&NodeMetrics) -> u64;
     let simple: [(&str, &str, &str, Gauge); 12] = [
         (
@@ -193,7 +204,7 @@ pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
     let name = "ami_dropped_events_total";
     let _ = writeln!(
         out,
-        "# HELP {name} Events dropped (oldest first), by reason: the event queue was full (queue_full) or the memory budget was exhausted (memory_limit).\n# TYPE {name} counter"
+        "# HELP {name} Events dropped (oldest first), by reason: the event queue was full (queue_full), the memory budget was exhausted (memory_limit), or the application's own reasons (e.g. outlet_slow).\n# TYPE {name} counter"
     );
     for (key, m) in servers {
         let key = escape(key);
@@ -206,6 +217,13 @@ pub fn render_prometheus(servers: &[(&str, NodeMetrics)], out: &mut String) {
                 "{name}{{server=\"{key}\",reason=\"{reason}\"}} {value}"
             );
         }
+    }
+    for (key, reason, value) in more_drops {
+        let (key, reason) = (escape(key), escape(reason));
+        let _ = writeln!(
+            out,
+            "{name}{{server=\"{key}\",reason=\"{reason}\"}} {value}"
+        );
     }
     let name = "ami_action_latency_ms";
     let _ = writeln!(
@@ -341,6 +359,11 @@ mod tests {
             out.contains("ami_dropped_events_total{server=\"node_1\",reason=\"memory_limit\"} 8\n")
         );
         assert!(out.contains("# TYPE ami_action_latency_ms histogram\n"));
+        let mut more = String::new();
+        render_prometheus_with(&[("node_1", a)], &[("node_1", "outlet_slow", 9)], &mut more);
+        assert!(more.contains(
+            "ami_dropped_events_total{server=\"node_1\",reason=\"memory_limit\"} 8\nami_dropped_events_total{server=\"node_1\",reason=\"outlet_slow\"} 9\n"
+        ));
         assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"2\"} 0\n"));
         assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"5\"} 2\n"));
         assert!(out.contains("ami_action_latency_ms_bucket{server=\"node_1\",le=\"500\"} 3\n"));

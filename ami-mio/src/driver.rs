@@ -29,6 +29,14 @@ use crate::transport::Transport;
 /// The longest a tick may wait: larger timeouts are clamped (and counted).
 pub const MAX_TICK_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// The longest the driver stops reading a server whose event queue is half full, so
+/// that its listeners catch up before the queue has to drop: well under the 100 ms
+/// for which Asterisk lets its write to a session block before it cuts the session
+/// (its `writetimeout`). Past it the server is read again and a full queue drops its
+/// oldest events (counted), so a listener that cannot keep up loses events, never the
+/// session.
+pub const MAX_READ_PAUSE: Duration = Duration::from_millis(40);
+
 const WAKER: Token = Token(usize::MAX);
 
 /// How a driver behaves. [`DriverOptions::default`] gives the seeds' defaults.
@@ -243,6 +251,9 @@ struct Server {
     read_ready: bool,
     /// The last write hit `WouldBlock`: wait for a writable event before writing again.
     write_blocked: bool,
+    /// Since when reading is paused because the event queue is half full
+    /// ([`MAX_READ_PAUSE`]).
+    read_paused_since: Option<Instant>,
 }
 
 /// Many AMI servers in one `mio::Poll`, each kept connected by its
@@ -368,6 +379,7 @@ impl Driver {
             transport_up: false,
             read_ready: false,
             write_blocked: false,
+            read_paused_since: None,
         });
         if let (Some(strategy), Some(core)) = (&self.pending_routing, &mut self.core) {
             if core.set_routing(strategy.clone()).is_ok() {
@@ -450,11 +462,17 @@ impl Driver {
     /// Every server's metrics in the Prometheus text format (`ami_connection_status`,
     /// `ami_dropped_events_total`, `ami_action_latency_ms`, ...).
     pub fn render_prometheus(&self) -> String {
+        self.render_prometheus_with(&[])
+    }
+
+    /// [`render_prometheus`](Driver::render_prometheus) plus events the application
+    /// dropped itself: `(server, reason, total)` samples of `ami_dropped_events_total`.
+    pub fn render_prometheus_with(&self, more_drops: &[(&str, &str, u64)]) -> String {
         match &self.core {
-            Some(core) => core.render_prometheus(),
+            Some(core) => core.cluster().render_prometheus_with(more_drops),
             None => {
                 let mut out = String::new();
-                ami_cluster::render_prometheus(&[], &mut out);
+                ami_cluster::render_prometheus_with(&[], more_drops, &mut out);
                 ami_cluster::render_memory(&self.memory, &mut out);
                 out
             }
@@ -628,6 +646,14 @@ impl Driver {
         listener: impl FnMut(&ami_proto::Event) + 'static,
     ) -> SubscriptionId {
         self.subscribe(Filter::any(), listener)
+    }
+
+    /// Hands every event, by value, to `sink` once the listeners have seen it (one
+    /// sink; a new one replaces the last). For a consumer that keeps events (an
+    /// outlet's queue): it takes them without a copy, and each keeps its charge of the
+    /// memory budget until the consumer drops it.
+    pub fn set_event_sink(&mut self, sink: impl FnMut(ami_proto::Event) + 'static) {
+        self.listeners.set_sink(Box::new(sink));
     }
 
     /// Calls `listener(server_key, from, to)` on every connection state change (of
@@ -902,7 +928,7 @@ impl Driver {
                 }
                 ClientOutput::Event(event) => {
                     if self.listeners.has_event_listeners() {
-                        self.listeners.dispatch_event(&event);
+                        self.listeners.dispatch_event(event);
                         spent = Instant::now() >= budget_end;
                     }
                 }
@@ -1060,6 +1086,17 @@ fn read_server(
 ) -> u64 {
     if !server.read_ready || !server.transport_up {
         return 0;
+    }
+    // Backpressure before loss: while the queue is half full, let the listeners drain
+    // it (for a bounded time) instead of reading more.
+    let node = core.node(id);
+    if node.queued_events() >= node.config().event_queue_capacity.div_ceil(2) {
+        let since = *server.read_paused_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < MAX_READ_PAUSE {
+            return 0;
+        }
+    } else {
+        server.read_paused_since = None;
     }
     let Some(transport) = server.transport.as_mut() else {
         server.read_ready = false;

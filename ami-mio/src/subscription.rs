@@ -16,6 +16,7 @@ pub struct SubscriptionId(u64);
 type EventListener = Box<dyn FnMut(&Event)>;
 type StateListener = Box<dyn FnMut(&str, State, State)>;
 type HealthListener = Box<dyn FnMut(&str, Health, Health)>;
+type EventSink = Box<dyn FnMut(Event)>;
 
 /// Every listener of a driver.
 #[derive(Default)]
@@ -23,6 +24,8 @@ pub(crate) struct Listeners {
     events: Vec<(SubscriptionId, Filter, EventListener)>,
     states: Vec<(SubscriptionId, StateListener)>,
     healths: Vec<(SubscriptionId, HealthListener)>,
+    /// Takes every event by value after the listeners.
+    sink: Option<EventSink>,
     next_id: u64,
     /// Listener calls that panicked.
     pub(crate) panics: u64,
@@ -34,6 +37,7 @@ impl std::fmt::Debug for Listeners {
             .field("events", &self.events.len())
             .field("states", &self.states.len())
             .field("healths", &self.healths.len())
+            .field("sink", &self.sink.is_some())
             .field("panics", &self.panics)
             .finish()
     }
@@ -73,17 +77,30 @@ impl Listeners {
         before != count(self)
     }
 
-    /// Whether any event listener exists (events are not cloned out otherwise).
-    pub(crate) fn has_event_listeners(&self) -> bool {
-        !self.events.is_empty()
+    pub(crate) fn set_sink(&mut self, sink: EventSink) {
+        self.sink = Some(sink);
     }
 
-    pub(crate) fn dispatch_event(&mut self, event: &Event) {
+    /// Whether any event listener or sink exists (events are dropped unseen otherwise).
+    pub(crate) fn has_event_listeners(&self) -> bool {
+        !self.events.is_empty() || self.sink.is_some()
+    }
+
+    /// Runs the matching listeners on `event`, then hands it to the sink.
+    pub(crate) fn dispatch_event(&mut self, event: Event) {
         for (_, filter, listener) in &mut self.events {
-            if filter.matches(event) && catch_unwind(AssertUnwindSafe(|| listener(event))).is_err()
+            if filter.matches(&event)
+                && catch_unwind(AssertUnwindSafe(|| listener(&event))).is_err()
             {
                 self.panics += 1;
                 tracing::error!(server_key = %event.server_key(), event = event.name(), "event listener panicked");
+            }
+        }
+        if let Some(sink) = &mut self.sink {
+            let server_key = event.server_key().clone();
+            if catch_unwind(AssertUnwindSafe(|| sink(event))).is_err() {
+                self.panics += 1;
+                tracing::error!(%server_key, "event sink panicked");
             }
         }
     }

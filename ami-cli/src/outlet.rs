@@ -1,0 +1,677 @@
+//! Outlets: where `ami listen` sends its records, off the AMI loop.
+//!
+//! The AMI loop never waits for an outlet. It collects the records of a tick (events,
+//! health changes, drop reports, sessions lost and back) and hands them to an
+//! [`OutletQueue`] in one step; a thread of the outlet's own takes everything queued,
+//! writes it, and comes back for more. When the outlet falls behind (a slow reader of
+//! stdout, a full disk, Redis down) the queue reaches its bound and the **oldest
+//! events** are dropped, counted per server with reason `outlet_slow`; the AMI
+//! sockets keep being read and heartbeats keep running. Status records are never
+//! dropped for events (they are few: one per server per second at most, plus health
+//! changes); only a queue holding nothing but status records drops its oldest ones,
+//! counted apart.
+//!
+//! The policy is drop, not pause: pausing the socket of a server whose events back up
+//! would hand the backlog to Asterisk, which cuts a session whose socket stays full
+//! for 100 ms (its `writetimeout`), losing everything after it; dropping here keeps
+//! the session and counts every loss.
+//!
+//! The queue is bounded twice: by events (`listen.outlet_queue_events`) and by bytes
+//! (half of `options.memory_limit`). Each queued event keeps its charge of the
+//! driver's memory budget until the outlet has written and dropped it, so the budget
+//! sees the queue too.
+//!
+//! # Writing an outlet
+//! Implement [`Outlet`]: `write` gets the records in order, as many as were queued,
+//! and may block as long as it likes (it runs on its own thread). An error ends the
+//! outlet; `ami listen` then stops with exit code 3 and a log line. [`JsonLines`] is
+//! the outlet for stdout and for an append-only file.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ami_mio::Health;
+use ami_proto::Event;
+
+use crate::json;
+
+/// One record of the stream `ami listen` writes.
+#[derive(Debug)]
+pub enum Record {
+    /// An event, with the wall-clock time it was received (UNIX seconds).
+    Event {
+        /// The event (it keeps its memory charge while queued).
+        event: Event,
+        /// When it was received, UNIX seconds.
+        received_at: f64,
+    },
+    /// A server's health changed.
+    Health {
+        /// The server key.
+        server: Arc<str>,
+        /// The health before.
+        from: Health,
+        /// The health now.
+        to: Health,
+        /// When, UNIX seconds.
+        at: f64,
+    },
+    /// Events of a server were dropped since the last such record.
+    Dropped {
+        /// The server key.
+        server: Arc<str>,
+        /// Dropped since the last record of this server and reason.
+        count: u64,
+        /// Dropped in all, for this server and reason.
+        total: u64,
+        /// Why: `outlet_slow`, `memory_limit` or `queue_full`.
+        reason: &'static str,
+    },
+    /// A logged-in session ended (it is being reconnected).
+    SessionLost {
+        /// The server key.
+        server: Arc<str>,
+        /// Why it ended.
+        reason: String,
+        /// When, UNIX seconds.
+        at: f64,
+    },
+    /// A server is logged in again after a lost session.
+    SessionBack {
+        /// The server key.
+        server: Arc<str>,
+        /// When, UNIX seconds.
+        at: f64,
+    },
+}
+
+impl Record {
+    /// Writes the record as one JSON object and a newline (see the README's schema).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Event { event, received_at } => {
+                out.extend_from_slice(b"{\"type\":\"event\",\"server\":");
+                json::string(out, event.server_key());
+                out.extend_from_slice(b",\"name\":");
+                json::string(out, event.name());
+                out.extend_from_slice(b",\"received_at\":");
+                json::seconds(out, *received_at);
+                out.extend_from_slice(b",\"headers\":[");
+                for (i, (key, value)) in event.message.headers().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'[');
+                    json::string(out, key);
+                    out.push(b',');
+                    json::string(out, value);
+                    out.push(b']');
+                }
+                out.extend_from_slice(b"]}");
+            }
+            Record::Health {
+                server,
+                from,
+                to,
+                at,
+            } => {
+                out.extend_from_slice(b"{\"type\":\"health\",\"server\":");
+                json::string(out, server);
+                out.extend_from_slice(b",\"from\":");
+                json::string(out, &from.to_string());
+                out.extend_from_slice(b",\"to\":");
+                json::string(out, &to.to_string());
+                out.extend_from_slice(b",\"at\":");
+                json::seconds(out, *at);
+                out.push(b'}');
+            }
+            Record::Dropped {
+                server,
+                count,
+                total,
+                reason,
+            } => {
+                out.extend_from_slice(b"{\"type\":\"dropped\",\"server\":");
+                json::string(out, server);
+                out.extend_from_slice(
+                    format!(",\"count\":{count},\"total\":{total},\"reason\":").as_bytes(),
+                );
+                json::string(out, reason);
+                out.push(b'}');
+            }
+            Record::SessionLost { server, reason, at } => {
+                out.extend_from_slice(b"{\"type\":\"session_lost\",\"server\":");
+                json::string(out, server);
+                out.extend_from_slice(b",\"reason\":");
+                json::string(out, reason);
+                out.extend_from_slice(b",\"at\":");
+                json::seconds(out, *at);
+                out.push(b'}');
+            }
+            Record::SessionBack { server, at } => {
+                out.extend_from_slice(b"{\"type\":\"session_back\",\"server\":");
+                json::string(out, server);
+                out.extend_from_slice(b",\"at\":");
+                json::seconds(out, *at);
+                out.push(b'}');
+            }
+        }
+        out.push(b'\n');
+    }
+
+    /// The event in it, if it is one.
+    fn event(&self) -> Option<&Event> {
+        match self {
+            Record::Event { event, .. } => Some(event),
+            _ => None,
+        }
+    }
+}
+
+/// Where records go. Runs on a thread of its own: `write` may block.
+pub trait Outlet: Send + 'static {
+    /// Writes `records`, in order, and makes them durable as far as the outlet can
+    /// (a flush). An error ends the outlet.
+    fn write(&mut self, records: &[Record]) -> io::Result<()>;
+}
+
+/// JSON lines (one [`Record::write_json`] per record) to any writer: stdout, an
+/// append-only file.
+pub struct JsonLines<W> {
+    writer: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write + Send + 'static> JsonLines<W> {
+    /// JSON lines to `writer`.
+    pub fn new(writer: W) -> Self {
+        JsonLines {
+            writer,
+            buf: Vec::with_capacity(1 << 20),
+        }
+    }
+}
+
+/// Bytes encoded before they are written, at most (then the next ones are encoded).
+const WRITE_CHUNK: usize = 1 << 20;
+
+impl<W: Write + Send + 'static> Outlet for JsonLines<W> {
+    fn write(&mut self, records: &[Record]) -> io::Result<()> {
+        for record in records {
+            record.write_json(&mut self.buf);
+            if self.buf.len() >= WRITE_CHUNK {
+                self.writer.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+        }
+        self.writer.write_all(&self.buf)?;
+        self.buf.clear();
+        self.writer.flush()
+    }
+}
+
+/// How much the queue holds at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Events queued at most.
+    pub events: usize,
+    /// Bytes of queued events (their memory charge) at most.
+    pub bytes: usize,
+    /// Status records queued at most.
+    pub status: usize,
+}
+
+/// What the queue counted.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// Events dropped because the outlet fell behind, per server.
+    pub dropped: HashMap<Arc<str>, u64>,
+    /// Status records dropped (a queue of nothing but status records was full).
+    pub status_dropped: u64,
+    /// Records the outlet has written.
+    pub written: u64,
+    /// Records waiting now.
+    pub queued: usize,
+}
+
+#[derive(Default)]
+struct State {
+    records: VecDeque<Record>,
+    events: usize,
+    bytes: usize,
+    counts: Counts,
+    /// No more records will come.
+    closed: bool,
+    /// Records of the batch the outlet thread is writing.
+    in_flight: u64,
+    /// Why the outlet ended, if it failed.
+    failure: Option<String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when records arrive or the queue closes (for the outlet thread), and
+    /// when a batch is written (for [`OutletQueue::finish`]).
+    changed: Condvar,
+    bounds: Bounds,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The bounded queue between the AMI loop and an outlet's thread.
+pub struct OutletQueue {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What [`OutletQueue::finish`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unwritten {
+    /// Records still queued or being written at the deadline.
+    pub records: u64,
+}
+
+impl OutletQueue {
+    /// Starts `outlet` on a thread named `name`, fed by a queue of `bounds`.
+    pub fn start(name: &str, outlet: impl Outlet, bounds: Bounds) -> io::Result<OutletQueue> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            bounds,
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || run(&shared, outlet))?
+        };
+        Ok(OutletQueue {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `batch` (emptying it), dropping the oldest events past the bounds.
+    pub fn push(&self, batch: &mut Vec<Record>) {
+        if batch.is_empty() {
+            return;
+        }
+        let bounds = self.shared.bounds;
+        let mut state = self.shared.lock();
+        for record in batch.drain(..) {
+            if let Some(event) = record.event() {
+                state.events += 1;
+                state.bytes += event.charged();
+            }
+            state.records.push_back(record);
+        }
+        let over = |s: &State| s.events > bounds.events || s.bytes > bounds.bytes;
+        if over(&state) || state.records.len() - state.events > bounds.status {
+            drop_oldest(&mut state, bounds);
+        }
+        drop(state);
+        self.shared.changed.notify_all();
+    }
+
+    /// What was counted so far.
+    pub fn counts(&self) -> Counts {
+        let state = self.shared.lock();
+        let mut counts = state.counts.clone();
+        counts.queued = state.records.len();
+        counts
+    }
+
+    /// Why the outlet ended, once it failed (e.g. a broken pipe).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.lock().failure.clone()
+    }
+
+    /// No more records: lets the outlet write what is queued until `deadline`.
+    /// Returns what it could not write by then (the thread is left to finish or to
+    /// block; the process exits without it).
+    pub fn finish(mut self, deadline: Instant) -> Unwritten {
+        let mut state = self.shared.lock();
+        state.closed = true;
+        self.shared.changed.notify_all();
+        loop {
+            let busy = !state.records.is_empty() || state.in_flight > 0;
+            if !busy || state.failure.is_some() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let unwritten = state.records.len() as u64 + state.in_flight;
+        let done = unwritten == 0;
+        drop(state);
+        if done {
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+        Unwritten { records: unwritten }
+    }
+}
+
+/// Drops records from the front until the queue is within `bounds`: events first
+/// (counted per server as `outlet_slow`), status records only when no event is left.
+fn drop_oldest(state: &mut State, bounds: Bounds) {
+    let mut kept = VecDeque::new();
+    while state.events > bounds.events || state.bytes > bounds.bytes {
+        let Some(record) = state.records.pop_front() else {
+            break;
+        };
+        match record {
+            Record::Event { event, .. } => {
+                state.events -= 1;
+                state.bytes -= event.charged();
+                *state
+                    .counts
+                    .dropped
+                    .entry(event.server_key().clone())
+                    .or_default() += 1;
+            }
+            status => kept.push_back(status),
+        }
+    }
+    // Status records met on the way stay, ahead of what is left.
+    while let Some(status) = kept.pop_back() {
+        state.records.push_front(status);
+    }
+    while state.records.len() - state.events > bounds.status {
+        let Some(index) = state.records.iter().position(|r| r.event().is_none()) else {
+            break;
+        };
+        state.records.remove(index);
+        state.counts.status_dropped += 1;
+    }
+}
+
+/// The outlet thread: takes everything queued, writes it, repeats until closed.
+fn run(shared: &Shared, mut outlet: impl Outlet) {
+    let mut batch: VecDeque<Record> = VecDeque::new();
+    loop {
+        {
+            let mut state = shared.lock();
+            state.in_flight = 0;
+            while state.records.is_empty() && !state.closed {
+                shared.changed.notify_all();
+                state = shared
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.records.is_empty() {
+                drop(state);
+                shared.changed.notify_all();
+                return;
+            }
+            std::mem::swap(&mut batch, &mut state.records);
+            state.events = 0;
+            state.bytes = 0;
+            state.in_flight = batch.len() as u64;
+        }
+        let written = outlet.write(batch.make_contiguous());
+        let count = batch.len() as u64;
+        // Dropping the events gives their memory back to the budget.
+        batch.clear();
+        let mut state = shared.lock();
+        match written {
+            Ok(()) => state.counts.written += count,
+            Err(error) => {
+                state.failure = Some(error.to_string());
+                state.in_flight = 0;
+                state.closed = true;
+                drop(state);
+                shared.changed.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ami_proto::{Config, Connection, Output};
+
+    /// `n` events of server `key`, from a logged-in connection.
+    fn events(key: &str, n: usize) -> Vec<Event> {
+        let now = Instant::now();
+        let mut config = Config::new(key, "admin", "secret");
+        config.event_queue_capacity = n.max(1);
+        let mut conn = Connection::new(config, 1, 1, now);
+        conn.handle_connected(now);
+        conn.handle_data(now, b"Asterisk Call Manager/11.0.0\r\n");
+        let login = String::from_utf8(conn.poll_transmit().to_vec()).unwrap();
+        let id = login
+            .lines()
+            .find_map(|l| l.strip_prefix("ActionID: "))
+            .unwrap()
+            .to_owned();
+        conn.advance_transmit(login.len());
+        conn.handle_data(
+            now,
+            format!("Response: Success\r\nActionID: {id}\r\n\r\n").as_bytes(),
+        );
+        for i in 0..n {
+            conn.handle_data(
+                now,
+                format!("Event: UserEvent\r\nPrivilege: user,all\r\nSeq: {i}\r\nNote: a \"quoted\" \\ value\u{1}\r\n\r\n").as_bytes(),
+            );
+        }
+        std::iter::from_fn(|| conn.poll())
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn records(key: &str, n: usize) -> Vec<Record> {
+        events(key, n).into_iter().map(record).collect()
+    }
+
+    fn record(event: Event) -> Record {
+        Record::Event {
+            event,
+            received_at: 1_700_000_000.25,
+        }
+    }
+
+    #[test]
+    fn an_event_record_is_one_json_line_with_the_headers_in_wire_order() {
+        let event = events("pbx-1", 1).pop().unwrap();
+        let mut out = Vec::new();
+        record(event).write_json(&mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.ends_with("}\n"));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["type"], "event");
+        assert_eq!(value["server"], "pbx-1");
+        assert_eq!(value["name"], "UserEvent");
+        assert_eq!(value["received_at"], 1_700_000_000.25);
+        assert_eq!(
+            value["headers"],
+            serde_json::json!([
+                ["Event", "UserEvent"],
+                ["Privilege", "user,all"],
+                ["Seq", "0"],
+                ["Note", "a \"quoted\" \\ value\u{1}"]
+            ])
+        );
+    }
+
+    /// An outlet that blocks until told to go on, then records what it wrote.
+    struct Gate {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Outlet for Gate {
+        fn write(&mut self, records: &[Record]) -> io::Result<()> {
+            let (lock, cv) = &*self.open;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            let mut seen = self.seen.lock().unwrap();
+            for r in records {
+                seen.push(match r {
+                    Record::Event { event, .. } => event.get("Seq").unwrap().to_owned(),
+                    Record::Dropped { count, .. } => format!("dropped {count}"),
+                    _ => "status".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_outlet_drops_the_oldest_events_counted_per_server_and_keeps_status() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let gate = Gate {
+            open: open.clone(),
+            seen: seen.clone(),
+        };
+        let bounds = Bounds {
+            events: 10,
+            bytes: usize::MAX,
+            status: 100,
+        };
+        let queue = OutletQueue::start("test-outlet", gate, bounds).unwrap();
+        let mut all = events("a", 30).into_iter();
+        // The first record is taken by the outlet thread, which then blocks on it.
+        queue.push(&mut vec![record(all.next().unwrap())]);
+        while queue.counts().queued > 0 {
+            std::thread::yield_now();
+        }
+        let mut batch: Vec<Record> = all.map(record).collect();
+        batch.insert(
+            5,
+            Record::Dropped {
+                server: "a".into(),
+                count: 1,
+                total: 1,
+                reason: "memory_limit",
+            },
+        );
+        queue.push(&mut batch);
+        let counts = queue.counts();
+        // 29 events queued past a bound of 10: the 19 oldest dropped.
+        assert_eq!(counts.dropped.get("a").copied(), Some(19));
+        assert_eq!(counts.queued, 11);
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+        let unwritten = queue.finish(Instant::now() + Duration::from_secs(30));
+        assert_eq!(unwritten, Unwritten { records: 0 });
+        let seen = seen.lock().unwrap().clone();
+        let mut expected = vec!["0".to_owned(), "dropped 1".to_owned()];
+        expected.extend((20..30).map(|i| i.to_string()));
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn the_byte_bound_drops_too_and_gives_the_memory_back() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = Gate {
+            open: open.clone(),
+            seen: Arc::default(),
+        };
+        let all = events("b", 100);
+        let budget = all[0].charged();
+        let bounds = Bounds {
+            events: usize::MAX,
+            bytes: budget * 10,
+            status: 100,
+        };
+        let queue = OutletQueue::start("test-outlet", gate, bounds).unwrap();
+        let mut batch: Vec<Record> = all.into_iter().map(record).collect();
+        queue.push(&mut batch);
+        let counts = queue.counts();
+        let dropped = counts.dropped.get("b").copied().unwrap_or(0);
+        // One push, checked under the lock: the bound applied before the thread took
+        // anything. Later events are a byte longer (two-digit `Seq`), so fewer fit.
+        assert_eq!(dropped + counts.queued as u64, 100, "{counts:?}");
+        assert!((9..=10).contains(&counts.queued), "{counts:?}");
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+        assert_eq!(
+            queue
+                .finish(Instant::now() + Duration::from_secs(30))
+                .records,
+            0
+        );
+    }
+
+    /// Fails every write.
+    struct Broken;
+
+    impl Outlet for Broken {
+        fn write(&mut self, _: &[Record]) -> io::Result<()> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+    }
+
+    #[test]
+    fn a_failed_outlet_reports_why_and_finish_does_not_wait() {
+        let queue = OutletQueue::start(
+            "test-outlet",
+            Broken,
+            Bounds {
+                events: 10,
+                bytes: usize::MAX,
+                status: 10,
+            },
+        )
+        .unwrap();
+        queue.push(&mut records("c", 1));
+        while queue.failure().is_none() {
+            std::thread::yield_now();
+        }
+        assert!(queue.failure().unwrap().contains("roken pipe"));
+        let started = Instant::now();
+        queue.finish(Instant::now() + Duration::from_secs(30));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_blocked_outlet_at_the_deadline_counts_what_it_did_not_write() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = Gate {
+            open: open.clone(),
+            seen: Arc::default(),
+        };
+        let queue = OutletQueue::start(
+            "test-outlet",
+            gate,
+            Bounds {
+                events: 100,
+                bytes: usize::MAX,
+                status: 10,
+            },
+        )
+        .unwrap();
+        queue.push(&mut records("d", 5));
+        let unwritten = queue.finish(Instant::now() + Duration::from_millis(200));
+        assert_eq!(unwritten.records, 5);
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+    }
+}
