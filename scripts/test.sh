@@ -17,6 +17,22 @@ for component in rustfmt clippy; do
     fi
 done
 
+# The HTTP endpoint's browser test (ami-cli/src/http.rs) loads the status page in
+# headless Chromium: install Debian's package when it is missing. No skipping: if it
+# cannot be installed or started, the run fails here.
+if ! command -v chromium >/dev/null; then
+    echo "== installing chromium (apt-get)"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+fi
+chromium_log=$(mktemp)
+if ! chromium --headless --disable-gpu --no-sandbox --dump-dom about:blank >/dev/null 2>"$chromium_log"; then
+    cat "$chromium_log" >&2
+    echo "error: chromium is installed but does not start" >&2
+    exit 1
+fi
+rm -f "$chromium_log"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
