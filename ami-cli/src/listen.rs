@@ -16,7 +16,9 @@
 //! fails (a closed pipe: `ami listen | head -1`), the process logs why and exits with
 //! code 3.
 //!
-//! `--http-addr` (alias `--metrics-addr`) serves the metrics on `GET /metrics`.
+//! `--http-addr` (alias `--metrics-addr`) serves, from a snapshot the loop renders
+//! once a second, `GET /metrics` (Prometheus text), `GET /healthz`, `GET /status`
+//! (JSON) and `GET /`, a status page (see [`http`](crate::http)).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -33,8 +35,8 @@ use ami_mio::{Driver, ServerId};
 use ami_proto::State;
 
 use crate::CliError;
+use crate::http::{HttpEndpoint, ServerStatus, Snapshot, Status};
 use crate::json::{WallClock, unix_now};
-use crate::metrics_http::MetricsEndpoint;
 use crate::outlet::{Bounds, JsonLines, OutletQueue, Record};
 use crate::worker::{ConfigArg, driver_for, init_logging, select};
 
@@ -123,9 +125,11 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
 
     let batch: Batch = Rc::default();
     let clock = Rc::new(Cell::new(WallClock::new()));
+    let received: Rc<RefCell<EventCounts>> = Rc::default();
     {
-        let (batch, clock) = (batch.clone(), clock.clone());
+        let (batch, clock, received) = (batch.clone(), clock.clone(), received.clone());
         driver.set_event_sink(move |event| {
+            received.borrow_mut().count(event.server_key());
             let received_at = clock.get().unix_seconds(event.received_at);
             batch
                 .borrow_mut()
@@ -145,7 +149,11 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
             });
         });
     }
-    let metrics = args.http_addr.map(MetricsEndpoint::start).transpose()?;
+    let endpoint = args.http_addr.map(HttpEndpoint::start).transpose()?;
+    if let Some(endpoint) = &endpoint {
+        tracing::info!(addr = %endpoint.addr(), "serving /metrics, /healthz, /status and / over HTTP");
+    }
+    let mut rates = Rates::default();
     let mut drops = DropReports::default();
     let mut reported: Option<Instant> = None;
     driver
@@ -164,8 +172,11 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         if reported.is_none_or(|at| at.elapsed() >= REPORT_INTERVAL) {
             reported = Some(Instant::now());
             drops.report(&driver, &queue, &mut batch.borrow_mut());
-            if let Some(endpoint) = &metrics {
-                endpoint.publish(driver.render_prometheus_with(&drops.outlet_samples()));
+            if let Some(endpoint) = &endpoint {
+                endpoint.publish(Snapshot {
+                    metrics: driver.render_prometheus_with(&drops.outlet_samples()),
+                    status: rates.status(&driver, &ids, &received.borrow(), &drops),
+                });
             }
         }
         queue.push(&mut batch.borrow_mut());
@@ -299,6 +310,15 @@ impl DropReports {
         }
     }
 
+    /// The `outlet_slow` total reported so far for `server`.
+    fn outlet_total(&self, server: &str) -> u64 {
+        self.reported
+            .iter()
+            .filter(|((key, reason), _)| *reason == "outlet_slow" && &**key == server)
+            .map(|(_, total)| total)
+            .sum()
+    }
+
     /// The `outlet_slow` totals reported so far, as metric samples.
     fn outlet_samples(&self) -> Vec<(&str, &str, u64)> {
         self.reported
@@ -306,5 +326,100 @@ impl DropReports {
             .filter(|((_, reason), _)| *reason == "outlet_slow")
             .map(|((server, reason), total)| (&**server, *reason, *total))
             .collect()
+    }
+}
+
+/// Events received per server since start (the event sink counts them).
+#[derive(Default)]
+struct EventCounts {
+    servers: Vec<(Arc<str>, u64)>,
+}
+
+impl EventCounts {
+    /// Counts one event of `server` (a few servers: a scan, the same `Arc` first).
+    fn count(&mut self, server: &Arc<str>) {
+        let found = self
+            .servers
+            .iter_mut()
+            .find(|(key, _)| Arc::ptr_eq(key, server) || **key == **server);
+        match found {
+            Some((key, n)) => {
+                // Later events share the current connection's key: compare pointers.
+                if !Arc::ptr_eq(key, server) {
+                    *key = server.clone();
+                }
+                *n += 1;
+            }
+            None => self.servers.push((server.clone(), 1)),
+        }
+    }
+
+    fn get(&self, server: &str) -> u64 {
+        self.servers
+            .iter()
+            .find(|(key, _)| &**key == server)
+            .map_or(0, |&(_, n)| n)
+    }
+}
+
+/// The previous status snapshot's totals, for events per second.
+#[derive(Default)]
+struct Rates {
+    last: Option<(Instant, HashMap<String, u64>)>,
+}
+
+impl Rates {
+    /// Every server's status for the HTTP endpoint.
+    fn status(
+        &mut self,
+        driver: &Driver,
+        ids: &[ServerId],
+        received: &EventCounts,
+        drops: &DropReports,
+    ) -> Status {
+        let now = Instant::now();
+        let mut totals = HashMap::new();
+        let servers = ids
+            .iter()
+            .map(|&id| {
+                let key = driver.server_key(id);
+                let metrics = driver.metrics(id);
+                let events_total = received.get(key);
+                let events_per_second = match &self.last {
+                    Some((at, previous)) => {
+                        let secs = now.saturating_duration_since(*at).as_secs_f64();
+                        let before = previous.get(key).copied().unwrap_or(0);
+                        if secs > 0.0 {
+                            events_total.saturating_sub(before) as f64 / secs
+                        } else {
+                            0.0
+                        }
+                    }
+                    None => 0.0,
+                };
+                totals.insert(key.to_owned(), events_total);
+                ServerStatus {
+                    server: key.to_owned(),
+                    health: metrics.health.to_string(),
+                    healthy: metrics.health == ami_mio::Health::Healthy,
+                    events_total,
+                    events_per_second,
+                    dropped_total: metrics.dropped_events_total
+                        + metrics.dropped_events_memory_total
+                        + drops.outlet_total(key),
+                    pending_actions: metrics.pending_actions,
+                    reconnects: metrics.reconnect_attempts.saturating_sub(1),
+                    last_error: driver
+                        .node(id)
+                        .last_close_reason()
+                        .map(|reason| reason.to_string()),
+                }
+            })
+            .collect();
+        self.last = Some((now, totals));
+        Status {
+            generated_at: unix_now(),
+            servers,
+        }
     }
 }

@@ -6,13 +6,10 @@
 
 mod config;
 mod decode;
-// Not used until the listen loop is wired to it (it replaces metrics_http).
 mod demo;
-#[allow(dead_code)]
 mod http;
 mod json;
 mod listen;
-mod metrics_http;
 mod outlet;
 mod send;
 mod worker;
