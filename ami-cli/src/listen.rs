@@ -11,7 +11,7 @@
 //! and in `ami_dropped_events_total`; the sessions stay up.
 //!
 //! SIGTERM or SIGINT: every server gets its `Logoff`, the outlet gets what is left of
-//! [`SHUTDOWN_LIMIT`] to write what is queued, what it could not write is counted in a
+//! [`SHUTDOWN_LIMIT`] (8 s from the signal) to write what is queued, what it could not write is counted in a
 //! log line, and the process exits 0, also when stdout is blocked. When the output
 //! fails (a closed pipe: `ami listen | head -1`), the process logs why and exits with
 //! code 3.
@@ -22,9 +22,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,7 +39,7 @@ use ami_proto::State;
 use crate::CliError;
 use crate::http::{HttpEndpoint, ServerStatus, Snapshot, Status};
 use crate::json::{WallClock, unix_now};
-use crate::outlet::{Bounds, JsonLines, OutletQueue, Record};
+use crate::outlet::{Bounds, JsonLines, OutletQueue, PIPE_BUF, Record};
 use crate::worker::{ConfigArg, driver_for, init_logging, select};
 
 /// Arguments of `ami listen`.
@@ -73,12 +75,14 @@ pub struct ListenArgs {
 /// How often the metrics are refreshed and drops reported.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long shutdown may take in all, from the signal to the exit.
-const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+/// How long shutdown may take in all, from the signal to the exit: the outlet stops
+/// writing this long after the signal, leaving a margin under the 10 s a supervisor
+/// commonly waits before it kills.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(8);
 
 /// Part of [`SHUTDOWN_LIMIT`] the servers' `Logoff`s may take; the rest is the
 /// outlet's.
-const LOGOFF_LIMIT: Duration = Duration::from_secs(5);
+const LOGOFF_LIMIT: Duration = Duration::from_secs(4);
 
 /// Status records the outlet queue holds at most.
 const MAX_QUEUED_STATUS: usize = 10_000;
@@ -111,14 +115,26 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         status: MAX_QUEUED_STATUS,
     };
     let queue = match &args.output {
-        None => OutletQueue::start("ami-outlet", JsonLines::new(io::stdout()), bounds),
+        None => {
+            // The file stdout is, written without `Stdout`'s lock and line buffer.
+            let stdout = io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(File::from)
+                .map_err(|e| CliError::io("cannot use stdout", e))?;
+            let is_pipe = stdout
+                .metadata()
+                .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_socket());
+            let max_write = if is_pipe { PIPE_BUF } else { 1 << 20 };
+            OutletQueue::start("ami-outlet", JsonLines::new(stdout, max_write), bounds)
+        }
         Some(path) => {
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| CliError::io(format!("cannot open {}", path.display()), e))?;
-            OutletQueue::start("ami-outlet", JsonLines::new(file), bounds)
+            OutletQueue::start("ami-outlet", JsonLines::new(file, 1 << 20), bounds)
         }
     }
     .map_err(|e| CliError::io("cannot start the outlet thread", e))?;
@@ -161,6 +177,7 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Failed(e.to_string()))?;
 
     let mut iterations = 0u64;
+    let mut slow_ticks = SlowTicks::default();
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) && max_iterations.is_none_or(|max| iterations < max) {
         let started = Instant::now();
@@ -168,6 +185,7 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         clock.set(WallClock::new());
         let report = driver.tick_all(tick);
         iterations += 1;
+        slow_ticks.check(started.elapsed());
         sessions.report(&driver, &ids, &batch);
         if reported.is_none_or(|at| at.elapsed() >= REPORT_INTERVAL) {
             reported = Some(Instant::now());
@@ -209,10 +227,25 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
     }
     drops.report(&driver, &queue, &mut batch.borrow_mut());
     queue.push(&mut batch.borrow_mut());
+    let queue_drops = Some(queue.counts().dropped);
     let unwritten = queue.finish(deadline);
+    let outlet_drops = queue_drops.unwrap_or_default();
+    for &id in &ids {
+        let key = driver.server_key(id);
+        let metrics = driver.metrics(id);
+        tracing::info!(
+            server_key = key,
+            events_received = received.borrow().get(key),
+            dropped_outlet_slow = outlet_drops.get(key).copied().unwrap_or(0),
+            dropped_memory_limit = metrics.dropped_events_memory_total,
+            dropped_queue_full = metrics.dropped_events_total,
+            "events in all"
+        );
+    }
     if unwritten.records > 0 {
         tracing::warn!(
             records = unwritten.records,
+            events = unwritten.events,
             "output blocked at exit: records not written, dropped"
         );
     }
@@ -420,6 +453,41 @@ impl Rates {
         Status {
             generated_at: unix_now(),
             servers,
+        }
+    }
+}
+
+/// Warns (at most once per 10 s) when a tick took long enough to worry about: past
+/// 50 ms, half of Asterisk's 100 ms `writetimeout`. On a busy machine the time spent
+/// waiting for a CPU counts too.
+#[derive(Default)]
+struct SlowTicks {
+    last_warning: Option<Instant>,
+    slow: u64,
+    longest: Duration,
+}
+
+impl SlowTicks {
+    const THRESHOLD: Duration = Duration::from_millis(50);
+
+    fn check(&mut self, took: Duration) {
+        if took < Self::THRESHOLD {
+            return;
+        }
+        self.slow += 1;
+        self.longest = self.longest.max(took);
+        if self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                slow_ticks = self.slow,
+                longest_ms = self.longest.as_millis() as u64,
+                "slow ticks: Asterisk cuts a session whose socket stays full for 100 ms"
+            );
+            self.last_warning = Some(Instant::now());
+            self.slow = 0;
+            self.longest = Duration::ZERO;
         }
     }
 }

@@ -29,6 +29,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -174,24 +175,92 @@ impl Record {
 /// Where records go. Runs on a thread of its own: `write` may block.
 pub trait Outlet: Send + 'static {
     /// Writes `records`, in order, and makes them durable as far as the outlet can
-    /// (a flush). An error ends the outlet.
-    fn write(&mut self, records: &[Record]) -> io::Result<()>;
+    /// (a flush). Reports each record once it is wholly written with
+    /// [`Progress::written`], so that an outlet blocked at exit is charged only with
+    /// what it did not write. An error ends the outlet.
+    fn write(&mut self, records: &[Record], progress: &Progress) -> io::Result<()>;
+}
+
+/// How far an outlet got with the batch it is writing: records wholly written, and
+/// the events among them. Shared with the AMI loop's thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    records: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Progress {
+    /// `records` more records of the batch are wholly written, `events` of them
+    /// events.
+    pub fn written(&self, records: u64, events: u64) {
+        self.records.fetch_add(records, Ordering::Release);
+        self.events.fetch_add(events, Ordering::Release);
+    }
+
+    fn take(&self) -> (u64, u64) {
+        (
+            self.records.swap(0, Ordering::AcqRel),
+            self.events.swap(0, Ordering::AcqRel),
+        )
+    }
+
+    fn get(&self) -> (u64, u64) {
+        (
+            self.records.load(Ordering::Acquire),
+            self.events.load(Ordering::Acquire),
+        )
+    }
 }
 
 /// JSON lines (one [`Record::write_json`] per record) to any writer: stdout, an
 /// append-only file.
+///
+/// It writes whole lines, `max_write` bytes at a time at most (a longer line alone),
+/// and reports each write's lines once it returns. To a pipe it writes at most
+/// `PIPE_BUF` (4,096) bytes at a time: such a write is atomic, all or nothing, so a
+/// write blocked at exit has put none of its lines in the pipe, and what the reader
+/// gets is exactly what was reported written.
 pub struct JsonLines<W> {
     writer: W,
+    max_write: usize,
     buf: Vec<u8>,
+    /// For each line in `buf`: where it ends, and whether it is an event.
+    lines: Vec<(usize, bool)>,
 }
 
+/// The atomic write size of a Linux pipe.
+pub const PIPE_BUF: usize = 4096;
+
 impl<W: Write + Send + 'static> JsonLines<W> {
-    /// JSON lines to `writer`.
-    pub fn new(writer: W) -> Self {
+    /// JSON lines to `writer`, up to `max_write` bytes per write.
+    pub fn new(writer: W, max_write: usize) -> Self {
         JsonLines {
             writer,
-            buf: Vec::with_capacity(1 << 20),
+            max_write: max_write.max(1),
+            buf: Vec::with_capacity(WRITE_CHUNK + 64 * 1024),
+            lines: Vec::new(),
         }
+    }
+
+    /// Writes `buf` out in whole lines, reporting each write's lines.
+    fn drain(&mut self, progress: &Progress) -> io::Result<()> {
+        let (mut start, mut line) = (0, 0);
+        while line < self.lines.len() {
+            // As many whole lines as fit in one write (at least one).
+            let first = line;
+            line += 1;
+            while line < self.lines.len() && self.lines[line].0 - start <= self.max_write {
+                line += 1;
+            }
+            let end = self.lines[line - 1].0;
+            self.writer.write_all(&self.buf[start..end])?;
+            let events = self.lines[first..line].iter().filter(|l| l.1).count();
+            progress.written((line - first) as u64, events as u64);
+            start = end;
+        }
+        self.buf.clear();
+        self.lines.clear();
+        Ok(())
     }
 }
 
@@ -199,16 +268,16 @@ impl<W: Write + Send + 'static> JsonLines<W> {
 const WRITE_CHUNK: usize = 1 << 20;
 
 impl<W: Write + Send + 'static> Outlet for JsonLines<W> {
-    fn write(&mut self, records: &[Record]) -> io::Result<()> {
+    fn write(&mut self, records: &[Record], progress: &Progress) -> io::Result<()> {
         for record in records {
             record.write_json(&mut self.buf);
+            self.lines
+                .push((self.buf.len(), matches!(record, Record::Event { .. })));
             if self.buf.len() >= WRITE_CHUNK {
-                self.writer.write_all(&self.buf)?;
-                self.buf.clear();
+                self.drain(progress)?;
             }
         }
-        self.writer.write_all(&self.buf)?;
-        self.buf.clear();
+        self.drain(progress)?;
         self.writer.flush()
     }
 }
@@ -247,6 +316,10 @@ struct State {
     closed: bool,
     /// Records of the batch the outlet thread is writing.
     in_flight: u64,
+    /// Events among them.
+    in_flight_events: u64,
+    /// Bytes of those events (their memory charge).
+    in_flight_bytes: usize,
     /// Why the outlet ended, if it failed.
     failure: Option<String>,
 }
@@ -257,6 +330,8 @@ struct Shared {
     /// when a batch is written (for [`OutletQueue::finish`]).
     changed: Condvar,
     bounds: Bounds,
+    /// How far the outlet got with the batch in flight.
+    progress: Progress,
 }
 
 impl Shared {
@@ -276,6 +351,8 @@ pub struct OutletQueue {
 pub struct Unwritten {
     /// Records still queued or being written at the deadline.
     pub records: u64,
+    /// Events among them.
+    pub events: u64,
 }
 
 impl OutletQueue {
@@ -285,6 +362,7 @@ impl OutletQueue {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             bounds,
+            progress: Progress::default(),
         });
         let thread = {
             let shared = shared.clone();
@@ -312,7 +390,10 @@ impl OutletQueue {
             }
             state.records.push_back(record);
         }
-        let over = |s: &State| s.events > bounds.events || s.bytes > bounds.bytes;
+        let over = |s: &State| {
+            s.events + s.in_flight_events as usize > bounds.events
+                || s.bytes + s.in_flight_bytes > bounds.bytes
+        };
         if over(&state) || state.records.len() - state.events > bounds.status {
             drop_oldest(&mut state, bounds);
         }
@@ -356,23 +437,30 @@ impl OutletQueue {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        let unwritten = state.records.len() as u64 + state.in_flight;
-        let done = unwritten == 0;
+        let (records, events) = self.shared.progress.get();
+        let unwritten = Unwritten {
+            records: state.records.len() as u64 + state.in_flight.saturating_sub(records),
+            events: state.events as u64 + state.in_flight_events.saturating_sub(events),
+        };
+        let done = unwritten.records == 0;
         drop(state);
         if done {
             if let Some(thread) = self.thread.take() {
                 let _ = thread.join();
             }
         }
-        Unwritten { records: unwritten }
+        unwritten
     }
 }
 
-/// Drops records from the front until the queue is within `bounds`: events first
-/// (counted per server as `outlet_slow`), status records only when no event is left.
+/// Drops records from the front until the queue and the batch in flight together are
+/// within `bounds`: events first (counted per server as `outlet_slow`), status
+/// records only when no event is left.
 fn drop_oldest(state: &mut State, bounds: Bounds) {
     let mut kept = VecDeque::new();
-    while state.events > bounds.events || state.bytes > bounds.bytes {
+    while state.events + state.in_flight_events as usize > bounds.events
+        || state.bytes + state.in_flight_bytes > bounds.bytes
+    {
         let Some(record) = state.records.pop_front() else {
             break;
         };
@@ -402,13 +490,21 @@ fn drop_oldest(state: &mut State, bounds: Bounds) {
     }
 }
 
-/// The outlet thread: takes everything queued, writes it, repeats until closed.
+/// Records the outlet thread takes at once at most: the batch in flight is part of
+/// the queue's bounds, and a small one leaves room for new events while it is
+/// written.
+const MAX_BATCH: usize = 8192;
+
+/// The outlet thread: takes what is queued (up to [`MAX_BATCH`]), writes it, repeats
+/// until closed.
 fn run(shared: &Shared, mut outlet: impl Outlet) {
     let mut batch: VecDeque<Record> = VecDeque::new();
     loop {
         {
             let mut state = shared.lock();
             state.in_flight = 0;
+            state.in_flight_events = 0;
+            state.in_flight_bytes = 0;
             while state.records.is_empty() && !state.closed {
                 shared.changed.notify_all();
                 state = shared
@@ -421,12 +517,20 @@ fn run(shared: &Shared, mut outlet: impl Outlet) {
                 shared.changed.notify_all();
                 return;
             }
-            std::mem::swap(&mut batch, &mut state.records);
-            state.events = 0;
-            state.bytes = 0;
+            let take = state.records.len().min(MAX_BATCH);
+            batch.extend(state.records.drain(..take));
+            let (events, bytes) = batch
+                .iter()
+                .filter_map(Record::event)
+                .fold((0, 0), |(n, b), e| (n + 1, b + e.charged()));
+            shared.progress.take();
             state.in_flight = batch.len() as u64;
+            state.in_flight_events = events as u64;
+            state.in_flight_bytes = bytes;
+            state.events -= events;
+            state.bytes -= bytes;
         }
-        let written = outlet.write(batch.make_contiguous());
+        let written = outlet.write(batch.make_contiguous(), &shared.progress);
         let count = batch.len() as u64;
         // Dropping the events gives their memory back to the budget.
         batch.clear();
@@ -436,6 +540,8 @@ fn run(shared: &Shared, mut outlet: impl Outlet) {
             Err(error) => {
                 state.failure = Some(error.to_string());
                 state.in_flight = 0;
+                state.in_flight_events = 0;
+                state.in_flight_bytes = 0;
                 state.closed = true;
                 drop(state);
                 shared.changed.notify_all();
@@ -524,7 +630,7 @@ mod tests {
     }
 
     impl Outlet for Gate {
-        fn write(&mut self, records: &[Record]) -> io::Result<()> {
+        fn write(&mut self, records: &[Record], _: &Progress) -> io::Result<()> {
             let (lock, cv) = &*self.open;
             let mut open = lock.lock().unwrap();
             while !*open {
@@ -574,16 +680,23 @@ mod tests {
         );
         queue.push(&mut batch);
         let counts = queue.counts();
-        // 29 events queued past a bound of 10: the 19 oldest dropped.
-        assert_eq!(counts.dropped.get("a").copied(), Some(19));
-        assert_eq!(counts.queued, 11);
+        // 29 events queued and 1 in flight, past a bound of 10: the 20 oldest queued
+        // dropped; the status record stays.
+        assert_eq!(counts.dropped.get("a").copied(), Some(20));
+        assert_eq!(counts.queued, 10);
         *open.0.lock().unwrap() = true;
         open.1.notify_all();
         let unwritten = queue.finish(Instant::now() + Duration::from_secs(30));
-        assert_eq!(unwritten, Unwritten { records: 0 });
+        assert_eq!(
+            unwritten,
+            Unwritten {
+                records: 0,
+                events: 0
+            }
+        );
         let seen = seen.lock().unwrap().clone();
         let mut expected = vec!["0".to_owned(), "dropped 1".to_owned()];
-        expected.extend((20..30).map(|i| i.to_string()));
+        expected.extend((21..30).map(|i| i.to_string()));
         assert_eq!(seen, expected);
     }
 
@@ -620,11 +733,84 @@ mod tests {
         );
     }
 
+    /// Takes writes whole while they fit in `room` bytes (like a pipe's atomic
+    /// writes), then blocks until `open`.
+    struct Pipe {
+        room: usize,
+        taken: Arc<Mutex<Vec<u8>>>,
+        open: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if buf.len() > self.room {
+                self.room = 0;
+                let (lock, cv) = &*self.open;
+                let mut open = lock.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+                self.room = usize::MAX;
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.taken.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_outlet_blocked_mid_line_is_charged_with_exactly_the_lines_not_written() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let taken: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let mut batch = records("e", 50);
+        let mut encoded = Vec::new();
+        for r in &batch {
+            r.write_json(&mut encoded);
+        }
+        // Room for 20 lines and half of the 21st; one line per write.
+        let ends: Vec<usize> = encoded
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'\n')
+            .map(|(i, _)| i + 1)
+            .collect();
+        let room = ends[19] + (ends[20] - ends[19]) / 2;
+        let pipe = Pipe {
+            room,
+            taken: taken.clone(),
+            open: open.clone(),
+        };
+        let bounds = Bounds {
+            events: 1000,
+            bytes: usize::MAX,
+            status: 10,
+        };
+        let queue = OutletQueue::start("test-outlet", JsonLines::new(pipe, 1), bounds).unwrap();
+        queue.push(&mut batch);
+        while taken.lock().unwrap().len() < ends[19] {
+            std::thread::yield_now();
+        }
+        let unwritten = queue.finish(Instant::now() + Duration::from_millis(100));
+        assert_eq!(
+            unwritten,
+            Unwritten {
+                records: 30,
+                events: 30
+            }
+        );
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+    }
+
     /// Fails every write.
     struct Broken;
 
     impl Outlet for Broken {
-        fn write(&mut self, _: &[Record]) -> io::Result<()> {
+        fn write(&mut self, _: &[Record], _: &Progress) -> io::Result<()> {
             Err(io::Error::from(io::ErrorKind::BrokenPipe))
         }
     }
@@ -670,7 +856,13 @@ mod tests {
         .unwrap();
         queue.push(&mut records("d", 5));
         let unwritten = queue.finish(Instant::now() + Duration::from_millis(200));
-        assert_eq!(unwritten.records, 5);
+        assert_eq!(
+            unwritten,
+            Unwritten {
+                records: 5,
+                events: 5
+            }
+        );
         *open.0.lock().unwrap() = true;
         open.1.notify_all();
     }

@@ -86,6 +86,11 @@ impl Listeners {
         !self.events.is_empty() || self.sink.is_some()
     }
 
+    /// Whether any event listener (not the sink) exists.
+    pub(crate) fn has_listeners(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Runs the matching listeners on `event`, then hands it to the sink.
     pub(crate) fn dispatch_event(&mut self, event: Event) {
         for (_, filter, listener) in &mut self.events {
