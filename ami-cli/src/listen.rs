@@ -227,9 +227,8 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
     }
     drops.report(&driver, &queue, &mut batch.borrow_mut());
     queue.push(&mut batch.borrow_mut());
-    let queue_drops = Some(queue.counts().dropped);
+    let outlet_drops = queue.counts().dropped;
     let unwritten = queue.finish(deadline);
-    let outlet_drops = queue_drops.unwrap_or_default();
     for &id in &ids {
         let key = driver.server_key(id);
         let metrics = driver.metrics(id);
