@@ -19,23 +19,39 @@ pub fn headers(message: &Message) -> Value {
 /// (`"`, `\` and control characters) and nothing else; runs of plain bytes are copied
 /// as they are.
 pub fn string(out: &mut Vec<u8>, value: &str) {
+    bytes_string(out, value.as_bytes());
+}
+
+/// Which bytes need an escape in a JSON string: 0 for none, else the letter of a short
+/// escape (`\n`), or `u` for `\u00XX`.
+const ESCAPES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// [`string`] of bytes that are UTF-8 (e.g. from [`Message::header_bytes`]).
+pub fn bytes_string(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = value.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
+        let escape = ESCAPES[usize::from(b)];
+        if escape == 0 {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
+        if escape == b'u' {
             out.extend_from_slice(&[
                 b'\\',
                 b'u',
@@ -45,7 +61,7 @@ pub fn string(out: &mut Vec<u8>, value: &str) {
                 HEX[usize::from(b & 15)],
             ]);
         } else {
-            out.extend_from_slice(escape);
+            out.extend_from_slice(&[b'\\', escape]);
         }
         start = i + 1;
     }
@@ -53,10 +69,12 @@ pub fn string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// Appends UNIX seconds with microseconds, e.g. `1700000000.250000`.
+/// Appends UNIX seconds with microseconds, e.g. `1700000000.250000` (integer
+/// formatting: no float formatting per record).
 pub fn seconds(out: &mut Vec<u8>, seconds: f64) {
     use std::io::Write;
-    let _ = write!(out, "{seconds:.6}");
+    let micros = (seconds.max(0.0) * 1e6).round() as u64;
+    let _ = write!(out, "{}.{:06}", micros / 1_000_000, micros % 1_000_000);
 }
 
 /// The wall clock now, as UNIX seconds.

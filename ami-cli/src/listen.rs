@@ -39,7 +39,7 @@ use ami_proto::State;
 use crate::CliError;
 use crate::http::{HttpEndpoint, ServerStatus, Snapshot, Status};
 use crate::json::{WallClock, unix_now};
-use crate::outlet::{Bounds, JsonLines, OutletQueue, PIPE_BUF, Record};
+use crate::outlet::{Bounds, JsonLines, OutletQueue, Record};
 use crate::worker::{ConfigArg, driver_for, init_logging, select};
 
 /// Arguments of `ami listen`.
@@ -122,11 +122,17 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
                 .try_clone_to_owned()
                 .map(File::from)
                 .map_err(|e| CliError::io("cannot use stdout", e))?;
-            let is_pipe = stdout
-                .metadata()
-                .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_socket());
-            let max_write = if is_pipe { PIPE_BUF } else { 1 << 20 };
-            OutletQueue::start("ami-outlet", JsonLines::new(stdout, max_write), bounds)
+            let is_pipe = stdout.metadata().is_ok_and(|m| m.file_type().is_fifo());
+            let outlet = if is_pipe {
+                let fd = stdout
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| CliError::io("cannot use stdout", e))?;
+                JsonLines::pipe(stdout, fd)
+            } else {
+                JsonLines::new(stdout)
+            };
+            OutletQueue::start("ami-outlet", outlet, bounds)
         }
         Some(path) => {
             let file = OpenOptions::new()
@@ -134,7 +140,7 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
                 .append(true)
                 .open(path)
                 .map_err(|e| CliError::io(format!("cannot open {}", path.display()), e))?;
-            OutletQueue::start("ami-outlet", JsonLines::new(file, 1 << 20), bounds)
+            OutletQueue::start("ami-outlet", JsonLines::new(file), bounds)
         }
     }
     .map_err(|e| CliError::io("cannot start the outlet thread", e))?;

@@ -29,6 +29,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -101,14 +102,14 @@ impl Record {
                 out.extend_from_slice(b",\"received_at\":");
                 json::seconds(out, *received_at);
                 out.extend_from_slice(b",\"headers\":[");
-                for (i, (key, value)) in event.message.headers().enumerate() {
+                for (i, (key, value)) in event.message.header_bytes().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
                     out.push(b'[');
-                    json::string(out, key);
+                    json::bytes_string(out, key);
                     out.push(b',');
-                    json::string(out, value);
+                    json::bytes_string(out, value);
                     out.push(b']');
                 }
                 out.extend_from_slice(b"]}");
@@ -215,41 +216,66 @@ impl Progress {
 /// JSON lines (one [`Record::write_json`] per record) to any writer: stdout, an
 /// append-only file.
 ///
-/// It writes whole lines, `max_write` bytes at a time at most (a longer line alone),
-/// and reports each write's lines once it returns. To a pipe it writes at most
-/// `PIPE_BUF` (4,096) bytes at a time: such a write is atomic, all or nothing, so a
-/// write blocked at exit has put none of its lines in the pipe, and what the reader
-/// gets is exactly what was reported written.
+/// It writes whole lines, up to 1 MiB at a time, and reports each write's lines once
+/// it returns. To a pipe ([`JsonLines::pipe`]) it writes no more than the pipe has
+/// room for (asked of the kernel before each write), and when the pipe is full, at
+/// most `PIPE_BUF` (4,096) bytes: such a write is atomic, all or nothing. So a write
+/// blocked at exit has put none of its lines in the pipe, and the reader got exactly
+/// the lines reported written (a single line longer than 4 KiB excepted).
 pub struct JsonLines<W> {
     writer: W,
-    max_write: usize,
+    /// The pipe `writer` writes to, to ask how much room it has.
+    pipe: Option<OwnedFd>,
     buf: Vec<u8>,
     /// For each line in `buf`: where it ends, and whether it is an event.
     lines: Vec<(usize, bool)>,
 }
 
 /// The atomic write size of a Linux pipe.
-pub const PIPE_BUF: usize = 4096;
+const PIPE_BUF: usize = 4096;
 
 impl<W: Write + Send + 'static> JsonLines<W> {
-    /// JSON lines to `writer`, up to `max_write` bytes per write.
-    pub fn new(writer: W, max_write: usize) -> Self {
+    /// JSON lines to `writer` (a file, or anything that is not a pipe).
+    pub fn new(writer: W) -> Self {
         JsonLines {
             writer,
-            max_write: max_write.max(1),
+            pipe: None,
             buf: Vec::with_capacity(WRITE_CHUNK + 64 * 1024),
             lines: Vec::new(),
         }
+    }
+
+    /// JSON lines to `writer`, which writes to the pipe `pipe` (see the type's
+    /// documentation).
+    pub fn pipe(writer: W, pipe: OwnedFd) -> Self {
+        JsonLines {
+            pipe: Some(pipe),
+            ..JsonLines::new(writer)
+        }
+    }
+
+    /// Bytes the next write may carry: the pipe's room (at least `PIPE_BUF`, the
+    /// atomic size, when it is full), or a chunk for anything else.
+    fn room(&self) -> usize {
+        let Some(pipe) = &self.pipe else {
+            return WRITE_CHUNK;
+        };
+        let capacity = rustix::pipe::fcntl_getpipe_size(pipe).unwrap_or(PIPE_BUF);
+        let queued = rustix::io::ioctl_fionread(pipe).map_or(capacity as u64, |n| n);
+        capacity
+            .saturating_sub(usize::try_from(queued).unwrap_or(usize::MAX))
+            .max(PIPE_BUF)
     }
 
     /// Writes `buf` out in whole lines, reporting each write's lines.
     fn drain(&mut self, progress: &Progress) -> io::Result<()> {
         let (mut start, mut line) = (0, 0);
         while line < self.lines.len() {
-            // As many whole lines as fit in one write (at least one).
+            // As many whole lines as the room takes (at least one).
+            let room = self.room();
             let first = line;
             line += 1;
-            while line < self.lines.len() && self.lines[line].0 - start <= self.max_write {
+            while line < self.lines.len() && self.lines[line].0 - start <= room {
                 line += 1;
             }
             let end = self.lines[line - 1].0;
@@ -733,77 +759,33 @@ mod tests {
         );
     }
 
-    /// Takes writes whole while they fit in `room` bytes (like a pipe's atomic
-    /// writes), then blocks until `open`.
-    struct Pipe {
-        room: usize,
-        taken: Arc<Mutex<Vec<u8>>>,
-        open: Arc<(Mutex<bool>, Condvar)>,
-    }
-
-    impl Write for Pipe {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if buf.len() > self.room {
-                self.room = 0;
-                let (lock, cv) = &*self.open;
-                let mut open = lock.lock().unwrap();
-                while !*open {
-                    open = cv.wait(open).unwrap();
-                }
-                self.room = usize::MAX;
-            }
-            let n = buf.len().min(self.room);
-            self.room -= n;
-            self.taken.lock().unwrap().extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
-    fn an_outlet_blocked_mid_line_is_charged_with_exactly_the_lines_not_written() {
-        let open = Arc::new((Mutex::new(false), Condvar::new()));
-        let taken: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let mut batch = records("e", 50);
-        let mut encoded = Vec::new();
-        for r in &batch {
-            r.write_json(&mut encoded);
-        }
-        // Room for 20 lines and half of the 21st; one line per write.
-        let ends: Vec<usize> = encoded
-            .iter()
-            .enumerate()
-            .filter(|&(_, &b)| b == b'\n')
-            .map(|(i, _)| i + 1)
-            .collect();
-        let room = ends[19] + (ends[20] - ends[19]) / 2;
-        let pipe = Pipe {
-            room,
-            taken: taken.clone(),
-            open: open.clone(),
-        };
+    fn a_pipe_blocked_at_exit_holds_exactly_the_lines_reported_written() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let (mut reader, writer) = io::pipe().unwrap();
+        let fd = writer.as_fd().try_clone_to_owned().unwrap();
+        let total = 3_000; // ~300 KB: several times the pipe's 64 KiB
         let bounds = Bounds {
-            events: 1000,
+            events: 10_000,
             bytes: usize::MAX,
             status: 10,
         };
-        let queue = OutletQueue::start("test-outlet", JsonLines::new(pipe, 1), bounds).unwrap();
-        queue.push(&mut batch);
-        while taken.lock().unwrap().len() < ends[19] {
-            std::thread::yield_now();
-        }
-        let unwritten = queue.finish(Instant::now() + Duration::from_millis(100));
-        assert_eq!(
-            unwritten,
-            Unwritten {
-                records: 30,
-                events: 30
-            }
-        );
-        *open.0.lock().unwrap() = true;
-        open.1.notify_all();
+        let queue = OutletQueue::start("test-outlet", JsonLines::pipe(writer, fd), bounds).unwrap();
+        queue.push(&mut records("p", total));
+        // Nobody reads: the outlet fills the pipe and blocks; give up soon.
+        let unwritten = queue.finish(Instant::now() + Duration::from_millis(300));
+        assert!(unwritten.records > 0, "{unwritten:?}");
+        // What the pipe holds now is what the reader gets; the outlet thread, still
+        // blocked, would go on writing once it is read, so read exactly that.
+        let held = rustix::io::ioctl_fionread(&reader).unwrap() as usize;
+        let mut got = vec![0; held];
+        reader.read_exact(&mut got).unwrap();
+        let text = String::from_utf8(got).unwrap();
+        assert!(text.ends_with('\n'), "a line was cut");
+        let lines = text.lines().count() as u64;
+        assert_eq!(lines + unwritten.records, total as u64, "{unwritten:?}");
+        assert_eq!(unwritten.events, unwritten.records);
     }
 
     /// Fails every write.

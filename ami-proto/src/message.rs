@@ -271,6 +271,18 @@ impl Message {
         })
     }
 
+    /// [`headers`](Self::headers) as bytes, without the UTF-8 check each `&str` costs:
+    /// for writers that copy them out (JSON, a wire format). They are UTF-8 all the
+    /// same (see the type's documentation).
+    pub fn header_bytes(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields().take(self.headers as usize).map(|field| {
+            (
+                &self.buf[field.key_start as usize..field.key_end as usize],
+                &self.buf[field.value_start as usize..field.value_end as usize],
+            )
+        })
+    }
+
     /// Number of headers.
     pub fn header_count(&self) -> usize {
         self.headers as usize
