@@ -251,7 +251,10 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         tracing::warn!(
             records = unwritten.records,
             events = unwritten.events,
-            "output blocked at exit: records not written, dropped"
+            maybe_cut = unwritten.in_write,
+            maybe_cut_events = unwritten.in_write_events,
+            "output blocked at exit: records not written, dropped (maybe_cut of them were in \
+             a write that may be partly out)"
         );
     }
     if let Err(CliError::OutletClosed(why)) = &result {

@@ -188,6 +188,10 @@ pub trait Outlet: Send + 'static {
 pub struct Progress {
     records: AtomicU64,
     events: AtomicU64,
+    /// Records and events of the write in progress, which may be partly out when the
+    /// process exits during it.
+    writing: AtomicU64,
+    writing_events: AtomicU64,
 }
 
 impl Progress {
@@ -196,9 +200,19 @@ impl Progress {
     pub fn written(&self, records: u64, events: u64) {
         self.records.fetch_add(records, Ordering::Release);
         self.events.fetch_add(events, Ordering::Release);
+        self.writing.store(0, Ordering::Release);
+        self.writing_events.store(0, Ordering::Release);
+    }
+
+    /// A write of `records` records (`events` of them events) begins; until
+    /// [`written`](Self::written), they may be partly out.
+    pub fn writing(&self, records: u64, events: u64) {
+        self.writing.store(records, Ordering::Release);
+        self.writing_events.store(events, Ordering::Release);
     }
 
     fn take(&self) -> (u64, u64) {
+        self.writing(0, 0);
         (
             self.records.swap(0, Ordering::AcqRel),
             self.events.swap(0, Ordering::AcqRel),
@@ -211,6 +225,13 @@ impl Progress {
             self.events.load(Ordering::Acquire),
         )
     }
+
+    fn in_write(&self) -> (u64, u64) {
+        (
+            self.writing.load(Ordering::Acquire),
+            self.writing_events.load(Ordering::Acquire),
+        )
+    }
 }
 
 /// JSON lines (one [`Record::write_json`] per record) to any writer: stdout, an
@@ -221,7 +242,8 @@ impl Progress {
 /// room for (asked of the kernel before each write), and when the pipe is full, at
 /// most `PIPE_BUF` (4,096) bytes: such a write is atomic, all or nothing. So a write
 /// blocked at exit has put none of its lines in the pipe, and the reader got exactly
-/// the lines reported written (a single line longer than 4 KiB excepted).
+/// the lines reported written; [`Unwritten::in_write`] bounds what a write the exit
+/// cut short may have put out anyway.
 pub struct JsonLines<W> {
     writer: W,
     /// The pipe `writer` writes to, to ask how much room it has.
@@ -262,9 +284,14 @@ impl<W: Write + Send + 'static> JsonLines<W> {
         };
         let capacity = rustix::pipe::fcntl_getpipe_size(pipe).unwrap_or(PIPE_BUF);
         let queued = rustix::io::ioctl_fionread(pipe).map_or(capacity as u64, |n| n);
-        capacity
-            .saturating_sub(usize::try_from(queued).unwrap_or(usize::MAX))
-            .max(PIPE_BUF)
+        // The pipe holds pages: count a partly filled one as full, in case the next
+        // write cannot be merged into it.
+        let queued = usize::try_from(queued)
+            .unwrap_or(usize::MAX)
+            .saturating_add(PIPE_BUF - 1)
+            / PIPE_BUF
+            * PIPE_BUF;
+        capacity.saturating_sub(queued).max(PIPE_BUF)
     }
 
     /// Writes `buf` out in whole lines, reporting each write's lines.
@@ -279,9 +306,10 @@ impl<W: Write + Send + 'static> JsonLines<W> {
                 line += 1;
             }
             let end = self.lines[line - 1].0;
+            let events = self.lines[first..line].iter().filter(|l| l.1).count() as u64;
+            progress.writing((line - first) as u64, events);
             self.writer.write_all(&self.buf[start..end])?;
-            let events = self.lines[first..line].iter().filter(|l| l.1).count();
-            progress.written((line - first) as u64, events as u64);
+            progress.written((line - first) as u64, events);
             start = end;
         }
         self.buf.clear();
@@ -379,6 +407,11 @@ pub struct Unwritten {
     pub records: u64,
     /// Events among them.
     pub events: u64,
+    /// Of those, the records of a write that had begun: perhaps partly out when the
+    /// process exits (writes to a full pipe are atomic, so usually none of them is).
+    pub in_write: u64,
+    /// Events among `in_write`.
+    pub in_write_events: u64,
 }
 
 impl OutletQueue {
@@ -464,9 +497,16 @@ impl OutletQueue {
                 .0;
         }
         let (records, events) = self.shared.progress.get();
+        let (in_write, in_write_events) = if state.in_flight > 0 {
+            self.shared.progress.in_write()
+        } else {
+            (0, 0)
+        };
         let unwritten = Unwritten {
             records: state.records.len() as u64 + state.in_flight.saturating_sub(records),
             events: state.events as u64 + state.in_flight_events.saturating_sub(events),
+            in_write,
+            in_write_events,
         };
         let done = unwritten.records == 0;
         drop(state);
@@ -717,7 +757,9 @@ mod tests {
             unwritten,
             Unwritten {
                 records: 0,
-                events: 0
+                events: 0,
+                in_write: 0,
+                in_write_events: 0,
             }
         );
         let seen = seen.lock().unwrap().clone();
@@ -786,6 +828,8 @@ mod tests {
         let lines = text.lines().count() as u64;
         assert_eq!(lines + unwritten.records, total as u64, "{unwritten:?}");
         assert_eq!(unwritten.events, unwritten.records);
+        // The write it is blocked in is an atomic one: none of it is out.
+        assert!(unwritten.in_write > 0, "{unwritten:?}");
     }
 
     /// Fails every write.
@@ -842,7 +886,9 @@ mod tests {
             unwritten,
             Unwritten {
                 records: 5,
-                events: 5
+                events: 5,
+                in_write: 0,
+                in_write_events: 0,
             }
         );
         *open.0.lock().unwrap() = true;

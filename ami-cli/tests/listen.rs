@@ -166,3 +166,70 @@ fn send_reaches_a_host_name_when_ip_enforcement_is_off() {
     assert!(names.contains(&"Ping".to_owned()), "{names:?} {stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn listen_appends_its_records_to_an_output_file() {
+    let (actions_tx, actions) = mpsc::channel();
+    let port = server(actions_tx);
+    let dir = std::env::temp_dir().join(format!("ami-listen-output-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ami.toml");
+    std::fs::write(
+        &config,
+        format!("[servers.fake]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"u\"\nsecret = \"s\"\n"),
+    )
+    .unwrap();
+    let output = dir.join("events.jsonl");
+    std::fs::write(&output, "{\"earlier\":true}\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))
+        .args(["listen", "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(&output)
+        .env("AMI_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The five events reach the file (appended), nothing goes to stdout.
+    let events = |text: &str| text.matches("\"type\":\"event\"").count();
+    let started = std::time::Instant::now();
+    while events(&std::fs::read_to_string(&output).unwrap()) < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the events did not reach the file"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(stdout, "", "records go to the file only");
+    let text = std::fs::read_to_string(&output).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("{\"earlier\":true}"),
+        "appended, not truncated"
+    );
+    let records: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seqs: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "event")
+        .map(|r| r["headers"][2][1].as_str().unwrap())
+        .collect();
+    assert_eq!(seqs, ["0", "1", "2", "3", "4"]);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "health" && r["to"] == "healthy")
+    );
+    assert_eq!(actions.try_iter().collect::<Vec<_>>(), ["Login", "Logoff"]);
+    let _ = std::fs::remove_dir_all(dir);
+}

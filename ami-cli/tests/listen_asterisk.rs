@@ -435,16 +435,19 @@ fn a_reader_that_stalls_costs_events_counted_never_the_sessions() {
     reader(stdout, progress.clone()).join().unwrap();
     let read = progress.lock().unwrap();
     let log = listen.log();
-    let unwritten: u64 = log
-        .lines()
-        .filter(|l| l.contains("records not written"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("events="))?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let unwritten_field = |field: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("records not written"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let unwritten = unwritten_field("events");
+    let maybe_cut = unwritten_field("maybe_cut_events");
     // The totals listen logged at its exit.
     let total = |field: &str| -> u64 {
         log.lines()
@@ -471,10 +474,13 @@ fn a_reader_that_stalls_costs_events_counted_never_the_sessions() {
         read.events_total(),
         read.dropped
     );
-    assert_eq!(
-        read.events_total() + outlet_slow + unwritten,
-        received,
-        "every event delivered or counted"
+    // Exact, but for the lines of a write that may have been partly out at the exit
+    // (none when the pipe was full: such writes are atomic).
+    let counted = read.events_total() + outlet_slow + unwritten;
+    assert!(
+        counted >= received && counted - received <= maybe_cut,
+        "every event delivered or counted: {counted} counted, {received} received, \
+         {maybe_cut} maybe cut\n{log}"
     );
     // The `dropped` records that made it into the pipe (usually none: it filled before
     // the first drop) report outlet drops only, no more than the metric counted.
