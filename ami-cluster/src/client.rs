@@ -469,6 +469,12 @@ impl<P> ClientCore<P> {
         self.cluster.node(id).has_pending_outputs()
     }
 
+    /// Whether a server's next output is an event (or it has none): a driver out of
+    /// time for listeners stops polling that server there.
+    pub fn next_is_event(&self, id: ServerId) -> bool {
+        self.cluster.node(id).next_is_event()
+    }
+
     /// Events a server has waiting.
     pub fn queued_events(&self, id: ServerId) -> usize {
         self.cluster.node(id).queued_events()

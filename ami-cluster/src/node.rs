@@ -378,6 +378,12 @@ impl Node {
         !self.outputs.is_empty() || self.conn.as_ref().is_some_and(|c| c.has_pending_outputs())
     }
 
+    /// Whether the next output [`poll`](Self::poll) returns is an event (or there is
+    /// none); see [`Connection::next_is_event`].
+    pub fn next_is_event(&self) -> bool {
+        self.outputs.is_empty() && self.conn.as_ref().is_none_or(Connection::next_is_event)
+    }
+
     /// Events waiting to be polled.
     pub fn queued_events(&self) -> usize {
         self.conn.as_ref().map_or(0, Connection::queued_events)

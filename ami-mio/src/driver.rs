@@ -883,11 +883,12 @@ impl Driver {
         // Listeners run until the budget is spent; one slow listener call must not be
         // followed by dozens more before the sockets are read again (Asterisk cuts a
         // reader that stalls for 100 ms), so the clock is read after every call.
-        // Everything but events (connects, completions, state changes) is always
-        // drained.
+        // Outputs other than events (connects, completions, state changes) are drained
+        // while they come next; one behind events (outputs keep wire order) waits for
+        // them, over the next ticks, rather than the budget being overrun.
         let mut spent = Instant::now() >= budget_end;
         loop {
-            if spent && core.queued_events(id) > 0 && !core.has_pending_outputs(id) {
+            if spent && core.queued_events(id) > 0 && core.next_is_event(id) {
                 break;
             }
             let Some(output) = core.poll_server(id) else {

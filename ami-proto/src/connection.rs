@@ -361,6 +361,17 @@ impl Connection {
         !self.outputs.is_empty()
     }
 
+    /// Whether the next output [`poll`](Self::poll) returns is an event (or there is
+    /// none): a driver out of time for listeners stops there, and still hands out
+    /// the other outputs that come before any event.
+    pub fn next_is_event(&self) -> bool {
+        match (self.outputs.front(), self.events.oldest_index()) {
+            (Some(&(queued_before, _)), Some(oldest)) => oldest < queued_before,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
+
     /// Events waiting to be polled.
     pub fn queued_events(&self) -> usize {
         self.events.len()
@@ -546,12 +557,7 @@ impl Connection {
     /// ordinary ones; see [the module documentation](self#output-order)).
     /// [`Output::Closed`] always comes last.
     pub fn poll(&mut self) -> Option<Output> {
-        let event_first = match (self.outputs.front(), self.events.oldest_index()) {
-            (Some(&(queued_before, _)), Some(oldest)) => oldest < queued_before,
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        if event_first {
+        if self.next_is_event() {
             return self.events.pop().map(Output::Event);
         }
         let (_, output) = self.outputs.pop_front()?;
