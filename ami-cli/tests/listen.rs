@@ -54,11 +54,10 @@ fn server(actions: mpsc::Sender<String>) -> u16 {
     port
 }
 
-#[test]
-fn listen_prints_events_and_logs_off_on_sigterm() {
-    let (actions_tx, actions) = mpsc::channel();
-    let port = server(actions_tx);
-    let dir = std::env::temp_dir().join(format!("ami-listen-test-{}", std::process::id()));
+/// A directory named after `name` and the process, holding a config with the one
+/// server `fake` on `port`.
+fn config_for(port: u16, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("ami.toml");
     std::fs::write(
@@ -66,6 +65,13 @@ fn listen_prints_events_and_logs_off_on_sigterm() {
         format!("[servers.fake]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"u\"\nsecret = \"s\"\n"),
     )
     .unwrap();
+    (dir, config)
+}
+
+#[test]
+fn listen_prints_events_and_logs_off_on_sigterm() {
+    let (actions_tx, actions) = mpsc::channel();
+    let (dir, config) = config_for(server(actions_tx), "ami-listen-test");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))
         .args(["listen", "--config"])
@@ -170,15 +176,7 @@ fn send_reaches_a_host_name_when_ip_enforcement_is_off() {
 #[test]
 fn listen_appends_its_records_to_an_output_file() {
     let (actions_tx, actions) = mpsc::channel();
-    let port = server(actions_tx);
-    let dir = std::env::temp_dir().join(format!("ami-listen-output-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("ami.toml");
-    std::fs::write(
-        &config,
-        format!("[servers.fake]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"u\"\nsecret = \"s\"\n"),
-    )
-    .unwrap();
+    let (dir, config) = config_for(server(actions_tx), "ami-listen-output");
     let output = dir.join("events.jsonl");
     std::fs::write(&output, "{\"earlier\":true}\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))

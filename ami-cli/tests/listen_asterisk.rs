@@ -188,6 +188,19 @@ impl Drop for Listen {
     }
 }
 
+/// The sum of `field=N` over the log lines that contain `marker`.
+fn log_sum(log: &str, marker: &str, field: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Polls `condition` every 50 ms, failing after `limit`.
 fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -435,31 +448,10 @@ fn a_reader_that_stalls_costs_events_counted_never_the_sessions() {
     reader(stdout, progress.clone()).join().unwrap();
     let read = progress.lock().unwrap();
     let log = listen.log();
-    let unwritten_field = |field: &str| -> u64 {
-        log.lines()
-            .filter(|l| l.contains("records not written"))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    };
-    let unwritten = unwritten_field("events");
-    let maybe_cut = unwritten_field("maybe_cut_events");
-    // The totals listen logged at its exit.
-    let total = |field: &str| -> u64 {
-        log.lines()
-            .filter(|l| l.contains("events in all"))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    };
+    // The counts listen logged at its exit.
+    let unwritten = log_sum(&log, "records not written", "events");
+    let maybe_cut = log_sum(&log, "records not written", "maybe_cut_events");
+    let total = |field: &str| log_sum(&log, "events in all", field);
     let received = total("events_received");
     let outlet_slow = total("dropped_outlet_slow");
     assert!(outlet_slow as f64 >= outlet_slow_seen, "{log}");
