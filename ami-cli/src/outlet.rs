@@ -510,10 +510,8 @@ impl OutletQueue {
         };
         let done = unwritten.records == 0;
         drop(state);
-        if done {
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
+        if done && let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
         unwritten
     }

@@ -320,10 +320,10 @@ impl Node {
     /// Runs what is due at `now`: the session's deadlines and heartbeats, and a
     /// scheduled reconnect attempt.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(conn) = self.conn.as_mut() {
-            if conn.poll_timeout().is_some_and(|at| at <= now) {
-                conn.handle_timeout(now);
-            }
+        if let Some(conn) = self.conn.as_mut()
+            && conn.poll_timeout().is_some_and(|at| at <= now)
+        {
+            conn.handle_timeout(now);
         }
         self.absorb(now);
         self.attempt_if_due(now);
@@ -470,19 +470,19 @@ impl Node {
     /// transitions and the resulting health.
     fn absorb(&mut self, now: Instant) {
         if let Some(conn) = self.conn.as_mut() {
-            if !self.login_seen {
-                if let Some(at) = conn.logged_in_at() {
-                    self.login_seen = true;
-                    self.counters.established += 1;
-                    self.stable_at = at.checked_add(self.stable_after);
-                    self.awaiting_stable = true;
-                    for action in &self.session_actions {
-                        match conn.send(now, action.clone()) {
-                            Ok(id) => self.session_action_ids.push(id),
-                            Err(error) => {
-                                self.counters.session_action_failures += 1;
-                                tracing::warn!(server_key = %self.config.server_key, %error, "session action refused");
-                            }
+            if !self.login_seen
+                && let Some(at) = conn.logged_in_at()
+            {
+                self.login_seen = true;
+                self.counters.established += 1;
+                self.stable_at = at.checked_add(self.stable_after);
+                self.awaiting_stable = true;
+                for action in &self.session_actions {
+                    match conn.send(now, action.clone()) {
+                        Ok(id) => self.session_action_ids.push(id),
+                        Err(error) => {
+                            self.counters.session_action_failures += 1;
+                            tracing::warn!(server_key = %self.config.server_key, %error, "session action refused");
                         }
                     }
                 }

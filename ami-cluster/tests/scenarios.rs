@@ -111,10 +111,10 @@ fn the_newest_events_survive_a_flood() {
     let node = net.cluster.node_mut(ServerId(0));
     let mut seqs = Vec::new();
     while let Some(output) = node.poll() {
-        if let ami_cluster::NodeOutput::Connection(ami_proto::Output::Event(e)) = output {
-            if let Some(seq) = e.message.get("Seq") {
-                seqs.push(seq.parse::<u64>().unwrap());
-            }
+        if let ami_cluster::NodeOutput::Connection(ami_proto::Output::Event(e)) = output
+            && let Some(seq) = e.message.get("Seq")
+        {
+            seqs.push(seq.parse::<u64>().unwrap());
         }
     }
     assert_eq!(seqs.len(), 10_000, "a full queue");

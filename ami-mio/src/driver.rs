@@ -381,10 +381,10 @@ impl Driver {
             write_blocked: false,
             read_paused_since: None,
         });
-        if let (Some(strategy), Some(core)) = (&self.pending_routing, &mut self.core) {
-            if core.set_routing(strategy.clone()).is_ok() {
-                self.pending_routing = None;
-            }
+        if let (Some(strategy), Some(core)) = (&self.pending_routing, &mut self.core)
+            && core.set_routing(strategy.clone()).is_ok()
+        {
+            self.pending_routing = None;
         }
         Ok(id)
     }
@@ -764,10 +764,10 @@ impl Driver {
                 }
             }
         }
-        if let Err(error) = self.poll.poll(&mut self.events, Some(wait)) {
-            if error.kind() != io::ErrorKind::Interrupted {
-                tracing::error!(%error, "poll failed");
-            }
+        if let Err(error) = self.poll.poll(&mut self.events, Some(wait))
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            tracing::error!(%error, "poll failed");
         }
         let now = Instant::now();
         let mut woken = false;

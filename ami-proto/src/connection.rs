@@ -820,10 +820,10 @@ impl Connection {
         let room = self
             .events
             .make_room(&budget, more, || charge.try_grow(more).is_ok());
-        if room.dropped > 0 {
-            if let (true, dropped) = self.events.memory_warning(room.dropped, now) {
-                self.warn_memory_drops(dropped);
-            }
+        if room.dropped > 0
+            && let (true, dropped) = self.events.memory_warning(room.dropped, now)
+        {
+            self.warn_memory_drops(dropped);
         }
         if room.charged {
             return;

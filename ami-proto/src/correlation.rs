@@ -258,10 +258,8 @@ impl Pending {
             Stage::EventList => is_error,
             Stage::OriginateEvent => false,
         };
-        if keeps {
-            if let Err(error) = self.charge(&response) {
-                return Progress::Done(Err(error));
-            }
+        if keeps && let Err(error) = self.charge(&response) {
+            return Progress::Done(Err(error));
         }
         match self.stage {
             // PJSIPShowEndpoint may answer an Error inside its list: it ends the list.

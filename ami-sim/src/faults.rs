@@ -87,7 +87,7 @@ impl Standing {
     /// Whether the next answer is dropped.
     pub(crate) fn drop_next(&mut self, rng: &mut Rng) -> bool {
         self.answers_seen += 1;
-        if self.drop_every > 0 && self.answers_seen % self.drop_every == 0 {
+        if self.drop_every > 0 && self.answers_seen.is_multiple_of(self.drop_every) {
             return true;
         }
         self.drop_probability > 0.0 && rng.unit() < self.drop_probability

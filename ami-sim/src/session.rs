@@ -531,10 +531,10 @@ impl SimSession {
             ];
             let mut next: Option<(Instant, Next)> = None;
             for (at, kind) in candidates {
-                if let Some(at) = at {
-                    if next.as_ref().is_none_or(|(best, _)| at < *best) {
-                        next = Some((at, kind));
-                    }
+                if let Some(at) = at
+                    && next.as_ref().is_none_or(|(best, _)| at < *best)
+                {
+                    next = Some((at, kind));
                 }
             }
             let Some((at, kind)) = next else { break };

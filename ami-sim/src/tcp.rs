@@ -233,10 +233,10 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = self.timeout();
-            if let Err(error) = self.poll.poll(&mut events, timeout) {
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return;
-                }
+            if let Err(error) = self.poll.poll(&mut events, timeout)
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                return;
             }
             let (mut accept, mut control) = (false, false);
             for event in &events {

@@ -234,19 +234,19 @@ fn pump<R: Runtime>(
     let now = rt.now();
     for (index, server) in io.iter_mut().enumerate() {
         let id = ServerId(index);
-        if let Some(connect) = server.connecting.as_mut() {
-            if let Poll::Ready(result) = connect.as_mut().poll(cx) {
-                server.connecting = None;
-                progressed = true;
-                match result {
-                    Ok(stream) => {
-                        let (r, w) = stream.split();
-                        server.reader = Some(r);
-                        server.writer = Some(w);
-                        core.handle_connected(id, now);
-                    }
-                    Err(error) => core.handle_transport_error(id, now, &error),
+        if let Some(connect) = server.connecting.as_mut()
+            && let Poll::Ready(result) = connect.as_mut().poll(cx)
+        {
+            server.connecting = None;
+            progressed = true;
+            match result {
+                Ok(stream) => {
+                    let (r, w) = stream.split();
+                    server.reader = Some(r);
+                    server.writer = Some(w);
+                    core.handle_connected(id, now);
                 }
+                Err(error) => core.handle_transport_error(id, now, &error),
             }
         }
         while let Some(writer) = server.writer.as_mut() {
@@ -267,28 +267,28 @@ fn pump<R: Runtime>(
                 Poll::Pending => break,
             }
         }
-        if let Some(reader) = server.reader.as_mut() {
-            if let Poll::Ready(result) = Pin::new(reader).poll_read(cx, buf) {
-                progressed = true;
-                match result {
-                    Ok(0) => {
-                        server.reader = None;
-                        core.handle_eof(id, now);
-                    }
-                    Ok(n) => core.handle_data(id, now, &buf[..n]),
-                    Err(error) => {
-                        server.reader = None;
-                        core.handle_transport_error(id, now, &error);
-                    }
+        if let Some(reader) = server.reader.as_mut()
+            && let Poll::Ready(result) = Pin::new(reader).poll_read(cx, buf)
+        {
+            progressed = true;
+            match result {
+                Ok(0) => {
+                    server.reader = None;
+                    core.handle_eof(id, now);
+                }
+                Ok(n) => core.handle_data(id, now, &buf[..n]),
+                Err(error) => {
+                    server.reader = None;
+                    core.handle_transport_error(id, now, &error);
                 }
             }
         }
     }
-    if let Some((_, sleep)) = timer.as_mut() {
-        if sleep.as_mut().poll(cx).is_ready() {
-            *timer = None;
-            progressed = true;
-        }
+    if let Some((_, sleep)) = timer.as_mut()
+        && sleep.as_mut().poll(cx).is_ready()
+    {
+        *timer = None;
+        progressed = true;
     }
     if core.poll_timeout().is_some_and(|at| at <= now) {
         core.handle_timeout(now);

@@ -859,12 +859,12 @@ impl RequestReader {
             let line = line.strip_suffix(b"\r").unwrap_or(&line);
             if line.is_empty() {
                 emit(std::mem::take(&mut self.request));
-            } else if let Some(colon) = line.iter().position(|&b| b == b':') {
-                if self.request.headers.len() < MAX_HEADERS {
-                    let key = String::from_utf8_lossy(&line[..colon]).into_owned();
-                    let value = String::from_utf8_lossy(trim_start(&line[colon + 1..]));
-                    self.request.headers.push((key, value.into_owned()));
-                }
+            } else if let Some(colon) = line.iter().position(|&b| b == b':')
+                && self.request.headers.len() < MAX_HEADERS
+            {
+                let key = String::from_utf8_lossy(&line[..colon]).into_owned();
+                let value = String::from_utf8_lossy(trim_start(&line[colon + 1..]));
+                self.request.headers.push((key, value.into_owned()));
             }
         }
     }
@@ -958,13 +958,12 @@ impl<'a> Session<'a> {
     /// Whether the login's credentials are the configured ones.
     fn login_ok(&self, request: &Request) -> bool {
         let settings = self.settings;
-        if let Some(username) = &settings.username {
-            if !request
+        if let Some(username) = &settings.username
+            && !request
                 .get("Username")
                 .is_some_and(|given| given.eq_ignore_ascii_case(username))
-            {
-                return false;
-            }
+        {
+            return false;
         }
         let md5 = request
             .get("AuthType")

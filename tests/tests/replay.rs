@@ -251,7 +251,7 @@ fn pings_during_the_stream_are_answered_between_frames() {
     let mut sent = 0;
     loop {
         // A ping every 10,000 events, while the stream runs.
-        if events % 10_000 == 0 && sent < 20 && events / 10_000 >= sent {
+        if events.is_multiple_of(10_000) && sent < 20 && events / 10_000 >= sent {
             client.send(&format!("Action: Ping\r\nActionID: p-{sent}\r\n\r\n"));
             sent += 1;
         }
