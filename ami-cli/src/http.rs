@@ -103,7 +103,8 @@ pub struct ServerStatus {
     pub events_total: u64,
     /// Events per second lately.
     pub events_per_second: f64,
-    /// Events dropped since start (full queues).
+    /// Events dropped since start, every reason (`outlet_slow`, `memory_limit`,
+    /// `queue_full`).
     pub dropped_total: u64,
     /// Actions sent and not yet completed.
     pub pending_actions: usize,

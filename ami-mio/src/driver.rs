@@ -931,7 +931,7 @@ impl Driver {
                 }
                 ClientOutput::Event(event) => {
                     if self.listeners.has_event_listeners() {
-                        self.listeners.dispatch_event(event);
+                        self.listeners.dispatch_event(&server.key, event);
                         // The budget bounds listeners' time; a sink alone only moves
                         // the event, so its events are all handed over in this tick
                         // (on a busy machine a wall-clock budget would otherwise be

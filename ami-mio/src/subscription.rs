@@ -92,7 +92,8 @@ impl Listeners {
     }
 
     /// Runs the matching listeners on `event`, then hands it to the sink.
-    pub(crate) fn dispatch_event(&mut self, event: Event) {
+    /// `server_key` is the key of the server it came from, for the logs.
+    pub(crate) fn dispatch_event(&mut self, server_key: &str, event: Event) {
         for (_, filter, listener) in &mut self.events {
             if filter.matches(&event)
                 && catch_unwind(AssertUnwindSafe(|| listener(&event))).is_err()
@@ -101,12 +102,11 @@ impl Listeners {
                 tracing::error!(server_key = %event.server_key(), event = event.name(), "event listener panicked");
             }
         }
-        if let Some(sink) = &mut self.sink {
-            let server_key = event.server_key().clone();
-            if catch_unwind(AssertUnwindSafe(|| sink(event))).is_err() {
-                self.panics += 1;
-                tracing::error!(%server_key, "event sink panicked");
-            }
+        if let Some(sink) = &mut self.sink
+            && catch_unwind(AssertUnwindSafe(|| sink(event))).is_err()
+        {
+            self.panics += 1;
+            tracing::error!(server_key, "event sink panicked");
         }
     }
 

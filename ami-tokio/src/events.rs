@@ -44,12 +44,18 @@ impl Subscriber {
 
     /// Queues an event the filter took.
     fn push(&self, event: Event, now: Instant) {
-        let server_key = event.server_key().clone();
-        let pushed = self.queue().push(event, now);
-        if let Pushed::DroppedOldest {
-            warn: true,
-            dropped_since_warning,
-        } = pushed
+        let mut queue = self.queue();
+        // The key is only needed for a warning, which only a full buffer can cause.
+        let server_key = (queue.len() >= queue.capacity()).then(|| event.server_key().clone());
+        let pushed = queue.push(event, now);
+        drop(queue);
+        if let (
+            Some(server_key),
+            Pushed::DroppedOldest {
+                warn: true,
+                dropped_since_warning,
+            },
+        ) = (server_key, pushed)
         {
             tracing::warn!(
                 server_key = %server_key,
