@@ -24,6 +24,8 @@
 //! [options]                     # shared by all servers; see `Options`
 //! [listen]
 //! tick_timeout_ms = 25
+//! [gateway]                     # `ami gateway`; see `GatewaySettings`
+//! redis_url = "redis://127.0.0.1:6379"
 //! ```
 //! Unknown keys anywhere are errors, and every error names the key by its full
 //! path, e.g. `servers.node_1.port: expected an integer 1..=65535, got "abc"`.
@@ -46,6 +48,7 @@
 //! | `AMI_DEFAULT_SERVER` | `default` |
 //! | `AMI_<SERVER>_HOST`, `_PORT`, `_USERNAME`, `_SECRET` | `servers.<server>.host` … |
 //! | `AMI_LISTEN_TICK_TIMEOUT_MS` | `listen.tick_timeout_ms` |
+//! | `AMI_GATEWAY_REDIS_URL` | `gateway.redis_url` |
 //!
 //! `<SERVER>` is the server key upper-cased with every character other than an
 //! ASCII letter or digit replaced by `_` ([`env_prefix`]): `node_1` →
@@ -78,6 +81,9 @@ pub const CONFIG_ENV: &str = "AMI_CONFIG";
 
 /// Environment variable overriding the top-level `default`.
 pub const DEFAULT_SERVER_ENV: &str = "AMI_DEFAULT_SERVER";
+
+/// Environment variable overriding `gateway.redis_url`.
+pub const REDIS_URL_ENV: &str = "AMI_GATEWAY_REDIS_URL";
 
 /// Environment variable overriding `listen.tick_timeout_ms`.
 pub const TICK_TIMEOUT_ENV: &str = "AMI_LISTEN_TICK_TIMEOUT_MS";
@@ -213,6 +219,8 @@ pub struct FileConfig {
     pub options: Options,
     /// The `[listen]` table.
     pub listen: ListenSettings,
+    /// The `[gateway]` table.
+    pub gateway: GatewaySettings,
 }
 
 impl FileConfig {
@@ -397,6 +405,87 @@ impl Default for ListenSettings {
             outlet_queue_events: 1_000_000,
         }
     }
+}
+
+/// How `ami gateway` picks a server for a request that names none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `round_robin`: the healthy servers in turn.
+    RoundRobin,
+    /// `failover`: the first healthy server in the order of the config's keys.
+    Failover,
+    /// `health_aware`: the first server that is neither disconnected nor degraded.
+    HealthAware,
+}
+
+impl Route {
+    /// The route named `name` (`round_robin`, `failover`, `health_aware`).
+    pub fn parse(name: &str) -> Option<Route> {
+        match name {
+            "round_robin" => Some(Route::RoundRobin),
+            "failover" => Some(Route::Failover),
+            "health_aware" => Some(Route::HealthAware),
+            _ => None,
+        }
+    }
+}
+
+/// The `[gateway]` table: where `ami gateway` meets Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// `redis_url` (env `AMI_GATEWAY_REDIS_URL`): `redis://127.0.0.1:6379` by default.
+    pub redis_url: String,
+    /// `events_stream`: each server's events stream, `{server}` standing for its key
+    /// (`ami:events:{server}`; it must contain `{server}`).
+    pub events_stream: String,
+    /// `events_maxlen`: entries an events stream keeps, about (`XADD ... MAXLEN ~`);
+    /// 1,000,000. The status stream keeps as many.
+    pub events_maxlen: usize,
+    /// `status_stream`: health, dropped, session lost and back (`ami:status`).
+    pub status_stream: String,
+    /// `actions_stream`: the stream every gateway of the group reads requests from
+    /// (`ami:actions`).
+    pub actions_stream: String,
+    /// `server_actions_stream`: the stream of requests for one server, read only by
+    /// the gateway that owns it (`ami:actions:{server}`; it must contain `{server}`).
+    pub server_actions_stream: String,
+    /// `group`: the consumer group on the action streams (`ami-gateway`).
+    pub group: String,
+    /// `consumer`: this gateway's name in the group, unique per gateway (the host
+    /// name).
+    pub consumer: String,
+    /// `max_in_flight`: requests taken from Redis and not yet completed, at most
+    /// (1,000); the rest wait in Redis.
+    pub max_in_flight: usize,
+    /// `route`: how a request that names no server picks one (`round_robin`).
+    pub route: Route,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            events_stream: "ami:events:{server}".to_owned(),
+            events_maxlen: 1_000_000,
+            status_stream: "ami:status".to_owned(),
+            actions_stream: "ami:actions".to_owned(),
+            server_actions_stream: "ami:actions:{server}".to_owned(),
+            group: "ami-gateway".to_owned(),
+            consumer: host_name(),
+            max_in_flight: 1_000,
+            route: Route::RoundRobin,
+        }
+    }
+}
+
+/// This machine's host name (`gateway` when it cannot be read).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "gateway".to_owned())
 }
 
 /// The file `ami` reads: `explicit` (from `--config`), else `AMI_CONFIG` when set
@@ -586,7 +675,7 @@ const fn seconds(name: &'static str) -> Field {
 }
 
 /// Top-level keys.
-const ROOT_KEYS: [&str; 4] = ["default", "servers", "options", "listen"];
+const ROOT_KEYS: [&str; 5] = ["default", "servers", "options", "listen", "gateway"];
 
 /// The `default` key.
 const DEFAULT_FIELD: Field = field("default", Kind::OptText);
@@ -684,6 +773,23 @@ const LISTEN_FIELDS: &[Field] = &[
     ),
 ];
 
+/// Keys of `[gateway]`.
+const GATEWAY_FIELDS: &[Field] = &[
+    field("redis_url", Kind::Text),
+    field("events_stream", Kind::Text),
+    count("events_maxlen", 1),
+    field("status_stream", Kind::Text),
+    field("actions_stream", Kind::Text),
+    field("server_actions_stream", Kind::Text),
+    field("group", Kind::Text),
+    field("consumer", Kind::Text),
+    count("max_in_flight", 1),
+    field(
+        "route",
+        Kind::Choice(&["round_robin", "failover", "health_aware"]),
+    ),
+];
+
 // ---------------------------------------------------------------------------
 // Normalization: unknown keys, ${} expansion, overrides, types and ranges
 // ---------------------------------------------------------------------------
@@ -777,10 +883,13 @@ fn normalize_root(mut root: Table, env: Env<'_>) -> Result<Table, ConfigError> {
 
     out.insert("servers".to_owned(), Value::Table(normalized_servers));
 
-    let sections: [(&str, &[Field], Overrides<'_>); 2] = [
+    let sections: [(&str, &[Field], Overrides<'_>); 3] = [
         ("options", OPTION_FIELDS, &|_| None),
         ("listen", LISTEN_FIELDS, &|name| {
             (name == "tick_timeout_ms").then(|| TICK_TIMEOUT_ENV.to_owned())
+        }),
+        ("gateway", GATEWAY_FIELDS, &|name| {
+            (name == "redis_url").then(|| REDIS_URL_ENV.to_owned())
         }),
     ];
     for (name, fields, overrides) in sections {
@@ -1192,6 +1301,7 @@ struct RawFile {
     servers: BTreeMap<String, RawServer>,
     options: RawOptions,
     listen: RawListen,
+    gateway: RawGateway,
 }
 
 /// A normalized `[servers.KEY]` table. No `Debug`: it holds the secret in clear.
@@ -1245,9 +1355,64 @@ struct RawListen {
     outlet_queue_events: Option<usize>,
 }
 
+/// The normalized `[gateway]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    redis_url: Option<String>,
+    events_stream: Option<String>,
+    events_maxlen: Option<usize>,
+    status_stream: Option<String>,
+    actions_stream: Option<String>,
+    server_actions_stream: Option<String>,
+    group: Option<String>,
+    consumer: Option<String>,
+    max_in_flight: Option<usize>,
+    route: Option<String>,
+}
+
+/// `[gateway]` with defaults; the stream patterns must name `{server}`.
+fn build_gateway(raw: RawGateway) -> Result<GatewaySettings, ConfigError> {
+    let d = GatewaySettings::default();
+    for (key, pattern) in [
+        ("events_stream", &raw.events_stream),
+        ("server_actions_stream", &raw.server_actions_stream),
+    ] {
+        if let Some(pattern) = pattern
+            && !pattern.contains("{server}")
+        {
+            return Err(ConfigError::BadValue {
+                key: join("gateway", key),
+                message: format!(
+                    "expected a stream name with `{{server}}` in it (one stream per \
+                     server), got {pattern:?}"
+                ),
+            });
+        }
+    }
+    Ok(GatewaySettings {
+        redis_url: raw.redis_url.unwrap_or(d.redis_url),
+        events_stream: raw.events_stream.unwrap_or(d.events_stream),
+        events_maxlen: raw.events_maxlen.unwrap_or(d.events_maxlen),
+        status_stream: raw.status_stream.unwrap_or(d.status_stream),
+        actions_stream: raw.actions_stream.unwrap_or(d.actions_stream),
+        server_actions_stream: raw.server_actions_stream.unwrap_or(d.server_actions_stream),
+        group: raw.group.unwrap_or(d.group),
+        consumer: raw.consumer.unwrap_or(d.consumer),
+        max_in_flight: raw.max_in_flight.unwrap_or(d.max_in_flight),
+        // `normalize` admitted only the three names.
+        route: raw
+            .route
+            .as_deref()
+            .and_then(Route::parse)
+            .unwrap_or(d.route),
+    })
+}
+
 /// Applies the defaults and the checks that need more than one key.
 fn build(raw: RawFile) -> Result<FileConfig, ConfigError> {
     let options = build_options(raw.options)?;
+    let gateway = build_gateway(raw.gateway)?;
     let listen = ListenSettings {
         tick_timeout_ms: raw
             .listen
@@ -1280,6 +1445,7 @@ fn build(raw: RawFile) -> Result<FileConfig, ConfigError> {
         servers,
         options,
         listen,
+        gateway,
     })
 }
 

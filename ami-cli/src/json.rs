@@ -15,6 +15,23 @@ pub fn headers(message: &Message) -> Value {
     )
 }
 
+/// Appends a message's headers as `[[KEY,VALUE],...]`, in wire order, straight from
+/// its bytes (no tree).
+pub fn header_array(out: &mut Vec<u8>, message: &Message) {
+    out.push(b'[');
+    for (i, (key, value)) in message.header_bytes().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        bytes_string(out, key);
+        out.push(b',');
+        bytes_string(out, value);
+        out.push(b']');
+    }
+    out.push(b']');
+}
+
 /// Appends `value` as a JSON string: quotes, and escapes for what JSON requires
 /// (`"`, `\` and control characters) and nothing else; runs of plain bytes are copied
 /// as they are.

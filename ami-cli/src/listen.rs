@@ -37,6 +37,7 @@ use ami_mio::{Driver, ServerId};
 use ami_proto::State;
 
 use crate::CliError;
+use crate::config::FileConfig;
 use crate::http::{HttpEndpoint, ServerStatus, Snapshot, Status};
 use crate::json::{WallClock, unix_now};
 use crate::outlet::{Bounds, JsonLines, OutletQueue, Record};
@@ -95,25 +96,7 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
     init_logging();
     let file = args.config.load()?;
     let keys = select(&file, args.server.as_deref(), args.all)?;
-    let (mut driver, ids) = driver_for(&file, &keys, |_| {})?;
-    let tick = Duration::from_millis(args.tick_timeout_ms.unwrap_or(file.listen.tick_timeout_ms));
-    let max_iterations = if args.once {
-        Some(1)
-    } else {
-        args.max_iterations
-    };
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| CliError::io("cannot handle signals", e))?;
-    }
-
-    let bounds = Bounds {
-        events: file.listen.outlet_queue_events,
-        bytes: file.options.memory_limit / 2,
-        status: MAX_QUEUED_STATUS,
-    };
+    let bounds = outlet_bounds(&file);
     let queue = match &args.output {
         None => {
             // The file stdout is, written without `Stdout`'s lock and line buffer.
@@ -144,6 +127,73 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         }
     }
     .map_err(|e| CliError::io("cannot start the outlet thread", e))?;
+    let settings = LoopSettings {
+        tick: Duration::from_millis(args.tick_timeout_ms.unwrap_or(file.listen.tick_timeout_ms)),
+        max_iterations: if args.once {
+            Some(1)
+        } else {
+            args.max_iterations
+        },
+        http_addr: args.http_addr,
+    };
+    serve(&file, &keys, &settings, queue, |_, _| Ok(None))
+}
+
+/// The outlet queue's bounds from the config: `listen.outlet_queue_events` events,
+/// half of `options.memory_limit` in bytes.
+pub(crate) fn outlet_bounds(file: &FileConfig) -> Bounds {
+    Bounds {
+        events: file.listen.outlet_queue_events,
+        bytes: file.options.memory_limit / 2,
+        status: MAX_QUEUED_STATUS,
+    }
+}
+
+/// How the loop of [`serve`] runs.
+#[derive(Debug, Clone)]
+pub(crate) struct LoopSettings {
+    /// The longest a tick waits for input.
+    pub tick: Duration,
+    /// Stop after this many ticks.
+    pub max_iterations: Option<u64>,
+    /// Serve `/metrics`, `/healthz`, `/status` and `/` here.
+    pub http_addr: Option<SocketAddr>,
+}
+
+/// Work that runs beside the loop of [`serve`] and takes part in its shutdown: the
+/// gateway's action streams.
+pub(crate) trait Companion {
+    /// More Prometheus text for `/metrics`.
+    fn render_metrics(&self, out: &mut String);
+    /// Why the companion cannot go on, once it cannot (the loop then stops).
+    fn failure(&self) -> Option<CliError>;
+    /// Shutdown begins: take no more work.
+    fn stop(&mut self);
+    /// The servers are logged off (what was in flight has failed): finish what is
+    /// left by `deadline`.
+    fn finish(self: Box<Self>, deadline: Instant);
+}
+
+/// The loop `ami listen` and `ami gateway` share: connects the servers `keys`,
+/// sends every record to `queue`'s outlet, serves the HTTP endpoint, and shuts down
+/// on SIGTERM or SIGINT (see the module documentation). `companion` may start work
+/// beside it once the driver exists (it may set the routing, take a submitter).
+pub(crate) fn serve(
+    file: &FileConfig,
+    keys: &[String],
+    settings: &LoopSettings,
+    queue: OutletQueue,
+    companion: impl FnOnce(&mut Driver, &[ServerId]) -> Result<Option<Box<dyn Companion>>, CliError>,
+) -> Result<(), CliError> {
+    let (mut driver, ids) = driver_for(file, keys, |_| {})?;
+    let tick = settings.tick;
+    let max_iterations = settings.max_iterations;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| CliError::io("cannot handle signals", e))?;
+    }
 
     let batch: Batch = Rc::default();
     let clock = Rc::new(Cell::new(WallClock::new()));
@@ -171,12 +221,13 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
             });
         });
     }
-    let endpoint = args.http_addr.map(HttpEndpoint::start).transpose()?;
+    let mut companion = companion(&mut driver, &ids)?;
+    let endpoint = settings.http_addr.map(HttpEndpoint::start).transpose()?;
     if let Some(endpoint) = &endpoint {
         tracing::info!(addr = %endpoint.addr(), "serving /metrics, /healthz, /status and / over HTTP");
     }
     let mut rates = Rates::default();
-    let mut drops = DropReports::default();
+    let mut drops = DropReports::new(queue.drop_reason());
     let mut reported: Option<Instant> = None;
     driver
         .connect_all()
@@ -197,8 +248,12 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
             reported = Some(Instant::now());
             drops.report(&driver, &queue, &mut batch.borrow_mut());
             if let Some(endpoint) = &endpoint {
+                let mut metrics = driver.render_prometheus_with(&drops.outlet_samples());
+                if let Some(companion) = &companion {
+                    companion.render_metrics(&mut metrics);
+                }
                 endpoint.publish(Snapshot {
-                    metrics: driver.render_prometheus_with(&drops.outlet_samples()),
+                    metrics,
                     status: rates.status(&driver, &ids, &received.borrow(), &drops),
                 });
             }
@@ -206,6 +261,10 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         queue.push(&mut batch.borrow_mut());
         if let Some(failure) = queue.failure() {
             result = Err(CliError::OutletClosed(failure));
+            break;
+        }
+        if let Some(failure) = companion.as_ref().and_then(|c| c.failure()) {
+            result = Err(failure);
             break;
         }
         // Lost connections are retried by the cluster; only servers closed for good
@@ -227,9 +286,15 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
     if stop.load(Ordering::Relaxed) {
         tracing::info!("signal received: shutting down");
     }
+    if let Some(companion) = &mut companion {
+        companion.stop();
+    }
     sessions.shutting_down.set(true);
     if !driver.shutdown(LOGOFF_LIMIT) {
         tracing::warn!("some servers did not acknowledge the logoff in time");
+    }
+    if let Some(companion) = companion {
+        companion.finish(deadline);
     }
     drops.report(&driver, &queue, &mut batch.borrow_mut());
     queue.push(&mut batch.borrow_mut());
@@ -241,7 +306,8 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
         tracing::info!(
             server_key = key,
             events_received = received.borrow().get(key),
-            dropped_outlet_slow = outlet_drops.get(key).copied().unwrap_or(0),
+            dropped_outlet = outlet_drops.get(key).copied().unwrap_or(0),
+            outlet_drop_reason = drops.outlet_reason,
             dropped_memory_limit = metrics.dropped_events_memory_total,
             dropped_queue_full = metrics.dropped_events_total,
             "events in all"
@@ -316,21 +382,29 @@ impl Sessions {
 }
 
 /// The drop totals last reported, per server and reason.
-#[derive(Default)]
 struct DropReports {
     reported: HashMap<(Arc<str>, &'static str), u64>,
+    /// The reason the outlet's drops are counted under (`outlet_slow`, `redis`).
+    outlet_reason: &'static str,
 }
 
 impl DropReports {
+    fn new(outlet_reason: &'static str) -> DropReports {
+        DropReports {
+            reported: HashMap::new(),
+            outlet_reason,
+        }
+    }
+
     /// Adds a `dropped` record for each server and reason with drops since the last
-    /// report: the outlet's (`outlet_slow`) and the driver's (`memory_limit`,
+    /// report: the outlet's (`outlet_slow`, or the outlet's own reason) and the driver's (`memory_limit`,
     /// `queue_full`).
     fn report(&mut self, driver: &Driver, queue: &OutletQueue, batch: &mut Vec<Record>) {
         let counts = queue.counts();
         let mut totals: Vec<(Arc<str>, &'static str, u64)> = counts
             .dropped
             .into_iter()
-            .map(|(server, total)| (server, "outlet_slow", total))
+            .map(|(server, total)| (server, self.outlet_reason, total))
             .collect();
         for (server, metrics) in driver.cluster_metrics() {
             let server: Arc<str> = server.into();
@@ -351,20 +425,20 @@ impl DropReports {
         }
     }
 
-    /// The `outlet_slow` total reported so far for `server`.
+    /// The outlet's drop total reported so far for `server`.
     fn outlet_total(&self, server: &str) -> u64 {
         self.reported
             .iter()
-            .filter(|((key, reason), _)| *reason == "outlet_slow" && &**key == server)
+            .filter(|((key, reason), _)| *reason == self.outlet_reason && &**key == server)
             .map(|(_, total)| total)
             .sum()
     }
 
-    /// The `outlet_slow` totals reported so far, as metric samples.
+    /// The outlet's drop totals reported so far, as metric samples.
     fn outlet_samples(&self) -> Vec<(&str, &str, u64)> {
         self.reported
             .iter()
-            .filter(|((_, reason), _)| *reason == "outlet_slow")
+            .filter(|((_, reason), _)| *reason == self.outlet_reason)
             .map(|((server, reason), total)| (&**server, *reason, *total))
             .collect()
     }

@@ -7,6 +7,7 @@
 mod config;
 mod decode;
 mod demo;
+mod gateway;
 mod http;
 mod json;
 mod listen;
@@ -43,6 +44,9 @@ enum Task {
     Decode(decode::DecodeArgs),
     /// Connect, log in, and write every event to stdout as one JSON object per line.
     Listen(listen::ListenArgs),
+    /// Own the servers' AMI connections and bridge them to Redis Streams: events and
+    /// status out, actions in, completions back.
+    Gateway(gateway::GatewayArgs),
     /// Send one action and print its completion as JSON.
     Send(send::SendArgs),
     /// Run a CLI command on Asterisk and print its output lines.
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         Task::Decode(args) => decode::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Listen(args) => listen::run(&args),
+        Task::Gateway(args) => gateway::run(&args),
         Task::Send(args) => send::run_send(&args),
         Task::Command(args) => send::run_command(&args),
     };

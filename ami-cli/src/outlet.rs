@@ -101,18 +101,9 @@ impl Record {
                 json::string(out, event.name());
                 out.extend_from_slice(b",\"received_at\":");
                 json::seconds(out, *received_at);
-                out.extend_from_slice(b",\"headers\":[");
-                for (i, (key, value)) in event.message.header_bytes().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.push(b'[');
-                    json::bytes_string(out, key);
-                    out.push(b',');
-                    json::bytes_string(out, value);
-                    out.push(b']');
-                }
-                out.extend_from_slice(b"]}");
+                out.extend_from_slice(b",\"headers\":");
+                json::header_array(out, &event.message);
+                out.push(b'}');
             }
             Record::Health {
                 server,
@@ -164,8 +155,57 @@ impl Record {
         out.push(b'\n');
     }
 
+    /// A status record's fields, as the gateway's status stream carries them: `type`,
+    /// `server`, then the record's own (`from`/`to`/`at`, `count`/`total`/`reason`,
+    /// `reason`/`at`, `at`). `None` for an event.
+    pub fn status_fields(&self) -> Option<Vec<(&'static str, String)>> {
+        let seconds = |at: f64| {
+            let mut out = Vec::new();
+            json::seconds(&mut out, at);
+            String::from_utf8(out).unwrap_or_default()
+        };
+        Some(match self {
+            Record::Event { .. } => return None,
+            Record::Health {
+                server,
+                from,
+                to,
+                at,
+            } => vec![
+                ("type", "health".into()),
+                ("server", server.to_string()),
+                ("from", from.to_string()),
+                ("to", to.to_string()),
+                ("at", seconds(*at)),
+            ],
+            Record::Dropped {
+                server,
+                count,
+                total,
+                reason,
+            } => vec![
+                ("type", "dropped".into()),
+                ("server", server.to_string()),
+                ("count", count.to_string()),
+                ("total", total.to_string()),
+                ("reason", (*reason).into()),
+            ],
+            Record::SessionLost { server, reason, at } => vec![
+                ("type", "session_lost".into()),
+                ("server", server.to_string()),
+                ("reason", reason.clone()),
+                ("at", seconds(*at)),
+            ],
+            Record::SessionBack { server, at } => vec![
+                ("type", "session_back".into()),
+                ("server", server.to_string()),
+                ("at", seconds(*at)),
+            ],
+        })
+    }
+
     /// The event in it, if it is one.
-    fn event(&self) -> Option<&Event> {
+    pub fn event(&self) -> Option<&Event> {
         match self {
             Record::Event { event, .. } => Some(event),
             _ => None,
@@ -180,6 +220,12 @@ pub trait Outlet: Send + 'static {
     /// [`Progress::written`], so that an outlet blocked at exit is charged only with
     /// what it did not write. An error ends the outlet.
     fn write(&mut self, records: &[Record], progress: &Progress) -> io::Result<()>;
+
+    /// The reason events dropped for this outlet are counted under: `outlet_slow`
+    /// unless the outlet names its own (the Redis outlet's is `redis`).
+    fn drop_reason(&self) -> &'static str {
+        "outlet_slow"
+    }
 }
 
 /// How far an outlet got with the batch it is writing: records wholly written, and
@@ -192,6 +238,9 @@ pub struct Progress {
     /// process exits during it.
     writing: AtomicU64,
     writing_events: AtomicU64,
+    /// Events the outlet could not deliver (e.g. refused by Redis), per server, not
+    /// yet added to the queue's drop counts.
+    refused: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 impl Progress {
@@ -202,6 +251,17 @@ impl Progress {
         self.events.fetch_add(events, Ordering::Release);
         self.writing.store(0, Ordering::Release);
         self.writing_events.store(0, Ordering::Release);
+    }
+
+    /// An event of `server` could not be delivered (the outlet's destination refused
+    /// it): counted as dropped, under the outlet's drop reason.
+    pub fn refused(&self, server: &Arc<str>) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(server.clone())
+            .or_default() += 1;
     }
 
     /// A write of `records` records (`events` of them events) begins; until
@@ -350,7 +410,8 @@ pub struct Bounds {
 /// What the queue counted.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
-    /// Events dropped because the outlet fell behind, per server.
+    /// Events dropped because the outlet fell behind (or its destination refused
+    /// them), per server.
     pub dropped: HashMap<Arc<str>, u64>,
     /// Status records dropped (a queue of nothing but status records was full).
     pub status_dropped: u64,
@@ -386,6 +447,8 @@ struct Shared {
     bounds: Bounds,
     /// How far the outlet got with the batch in flight.
     progress: Progress,
+    /// The outlet's [`Outlet::drop_reason`].
+    drop_reason: &'static str,
 }
 
 impl Shared {
@@ -422,6 +485,7 @@ impl OutletQueue {
             changed: Condvar::new(),
             bounds,
             progress: Progress::default(),
+            drop_reason: outlet.drop_reason(),
         });
         let thread = {
             let shared = shared.clone();
@@ -458,6 +522,11 @@ impl OutletQueue {
         }
         drop(state);
         self.shared.changed.notify_all();
+    }
+
+    /// The reason this queue's drops are counted under ([`Outlet::drop_reason`]).
+    pub fn drop_reason(&self) -> &'static str {
+        self.shared.drop_reason
     }
 
     /// What was counted so far.
@@ -599,6 +668,15 @@ fn run(shared: &Shared, mut outlet: impl Outlet) {
         // Dropping the events gives their memory back to the budget.
         batch.clear();
         let mut state = shared.lock();
+        for (server, n) in shared
+            .progress
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+        {
+            *state.counts.dropped.entry(server).or_default() += n;
+        }
         match written {
             Ok(()) => state.counts.written += count,
             Err(error) => {

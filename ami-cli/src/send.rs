@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use ami_mio::{Driver, ServerId, WaitError};
-use ami_proto::action::{EventMask, Strategy};
+use ami_proto::action::EventMask;
 use ami_proto::{Action, ActionError, Message, Reply};
 use serde_json::{Value, json};
 
@@ -74,32 +74,6 @@ fn connect(
     Ok((driver, id, keys[0].clone()))
 }
 
-/// The completion strategy for an action typed on the command line: the same as the
-/// typed action of that name would use.
-fn strategy_for(action: &Action) -> Strategy {
-    let name = action.name();
-    if name.eq_ignore_ascii_case("Command") {
-        Strategy::Command
-    } else if name.eq_ignore_ascii_case("Originate") && action.get("Async").is_some_and(is_true) {
-        let timeout_ms = action
-            .get("Timeout")
-            .and_then(|t| t.parse::<u64>().ok())
-            .unwrap_or(30_000);
-        Strategy::AsyncOriginate {
-            event_timeout: Duration::from_millis(timeout_ms) + Duration::from_secs(10),
-        }
-    } else {
-        Strategy::SingleResponse
-    }
-}
-
-fn is_true(value: &str) -> bool {
-    matches!(
-        value.to_ascii_lowercase().as_str(),
-        "true" | "yes" | "1" | "on"
-    )
-}
-
 fn message_json(message: &Message) -> Value {
     match message.event_name() {
         Some(name) => json!({ "name": name, "headers": headers(message) }),
@@ -143,7 +117,8 @@ pub fn run_send(args: &SendArgs) -> Result<(), CliError> {
     for (key, value) in &args.headers {
         action.push_header(key.clone(), value.clone());
     }
-    let action = action.clone().with_strategy(strategy_for(&action));
+    // The strategy the typed action of that name would use.
+    let action = action.with_typed_strategy();
     let (mut driver, id, server) = connect(&args.config, args.server.as_deref())?;
     let result = driver.send_and_wait(id, action);
     finish(&mut driver);
@@ -197,27 +172,5 @@ mod tests {
         );
         assert!(parse_header("novalue").is_err());
         assert!(parse_header("=x").is_err());
-    }
-
-    #[test]
-    fn strategies_follow_the_typed_actions() {
-        assert_eq!(strategy_for(&Action::new("command")), Strategy::Command);
-        let originate = Action::new("Originate")
-            .header("Async", "true")
-            .header("Timeout", "5000");
-        assert_eq!(
-            strategy_for(&originate),
-            Strategy::AsyncOriginate {
-                event_timeout: Duration::from_secs(15)
-            }
-        );
-        assert_eq!(
-            strategy_for(&Action::new("Originate")),
-            Strategy::SingleResponse
-        );
-        assert_eq!(
-            strategy_for(&Action::new("QueueStatus")),
-            Strategy::SingleResponse
-        );
     }
 }

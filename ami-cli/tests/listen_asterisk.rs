@@ -453,7 +453,7 @@ fn a_reader_that_stalls_costs_events_counted_never_the_sessions() {
     let maybe_cut = log_sum(&log, "records not written", "maybe_cut_events");
     let total = |field: &str| log_sum(&log, "events in all", field);
     let received = total("events_received");
-    let outlet_slow = total("dropped_outlet_slow");
+    let outlet_slow = total("dropped_outlet");
     assert!(outlet_slow as f64 >= outlet_slow_seen, "{log}");
     assert_eq!(
         total("dropped_memory_limit") + total("dropped_queue_full"),

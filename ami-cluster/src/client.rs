@@ -247,6 +247,16 @@ impl<P> ClientCore<P> {
         self.cluster.select(now)
     }
 
+    /// A healthy server chosen by `strategy` instead of the configured one (see
+    /// [`Cluster::select_with`]).
+    pub fn select_with(
+        &mut self,
+        strategy: Option<&Strategy<String>>,
+        now: Instant,
+    ) -> Result<ServerId, NoServerAvailable> {
+        self.cluster.select_with(strategy, now)
+    }
+
     /// Opens a server (eager open): it connects now and is kept connected until
     /// [`ClientCore::close`]. A server already open keeps its schedule.
     pub fn open(&mut self, id: ServerId, now: Instant) {
@@ -330,7 +340,19 @@ impl<P> ClientCore<P> {
         action: impl Into<Action>,
         payload: P,
     ) -> Result<Ticket, Refused<P, RouteError>> {
-        let server = match self.select(now) {
+        self.send_routed_with(now, None, action, payload)
+    }
+
+    /// Selects a server with `strategy` (the configured one when `None`, see
+    /// [`Cluster::select_with`](crate::Cluster::select_with)) and sends `action` there.
+    pub fn send_routed_with(
+        &mut self,
+        now: Instant,
+        strategy: Option<&Strategy<String>>,
+        action: impl Into<Action>,
+        payload: P,
+    ) -> Result<Ticket, Refused<P, RouteError>> {
+        let server = match self.cluster.select_with(strategy, now) {
             Ok(server) => server,
             Err(error) => {
                 return Err(Refused {

@@ -91,6 +91,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     default: ServerId,
     router: Router<ServerId>,
+    /// The round-robin cursor of [`Cluster::select_with`] when the configured strategy
+    /// is another one.
+    round_robin: Router<ServerId>,
     /// The node whose outputs [`Cluster::poll`] looks at first.
     poll_start: usize,
     /// What [`Cluster::add`] builds new nodes with: the policy, the ActionID tag and
@@ -141,6 +144,7 @@ impl Cluster {
             nodes,
             default,
             router: Router::new(Strategy::RoundRobin),
+            round_robin: Router::new(Strategy::RoundRobin),
             poll_start: 0,
             policy: config.policy,
             instance: config.instance,
@@ -258,6 +262,35 @@ impl Cluster {
         }
         let table = self.health_table();
         self.router.select(&table).copied()
+    }
+
+    /// Selects a healthy server with `strategy` instead of the configured one (the
+    /// configured one when `None`), e.g. a route chosen per request. A round-robin
+    /// override keeps a cursor of its own between calls.
+    pub fn select_with(
+        &mut self,
+        strategy: Option<&Strategy<String>>,
+        now: Instant,
+    ) -> Result<ServerId, NoServerAvailable> {
+        let Some(strategy) = strategy else {
+            return self.select(now);
+        };
+        let unknown = NoServerAvailable {
+            strategy: strategy.kind(),
+            considered: 0,
+        };
+        let strategy = strategy.try_map(|key| self.id(key).ok_or(unknown))?;
+        if &strategy == self.router.strategy() {
+            return self.select(now);
+        }
+        for i in 0..self.nodes.len() {
+            self.open_if_idle(ServerId(i), now);
+        }
+        let table = self.health_table();
+        match strategy {
+            Strategy::RoundRobin => self.round_robin.select(&table).copied(),
+            other => Router::new(other).select(&table).copied(),
+        }
     }
 
     /// Selects a server and sends `action` there.

@@ -565,3 +565,35 @@ fn bad_input_counters_are_kept_across_connections_and_rendered() {
         assert!(text.contains(&line), "{line:?} missing from:\n{text}");
     }
 }
+
+#[test]
+fn a_per_call_strategy_overrides_the_configured_one_without_moving_its_cursor() {
+    use ami_cluster::Strategy;
+    let mut net = net(3, |_| SimConfig::new(), 13);
+    net.cluster.connect_all(net.now);
+    net.run_for(Duration::from_secs(1));
+    net.cluster
+        .set_routing(Strategy::Failover(vec!["node_2".into(), "node_0".into()]))
+        .unwrap();
+    let now = net.now;
+    let pick =
+        |net: &mut Net, s: Option<&Strategy<String>>| net.cluster.select_with(s, now).unwrap().0;
+    let rr = Strategy::RoundRobin;
+    assert_eq!(pick(&mut net, None), 2);
+    assert_eq!(pick(&mut net, Some(&rr)), 0);
+    assert_eq!(pick(&mut net, Some(&rr)), 1);
+    assert_eq!(pick(&mut net, Some(&Strategy::HealthAware)), 0);
+    assert_eq!(pick(&mut net, Some(&rr)), 2);
+    assert_eq!(pick(&mut net, None), 2);
+    net.kill(2);
+    assert_eq!(pick(&mut net, None), 0);
+    // An unknown key finds nothing.
+    let unknown = Strategy::Explicit("nope".to_owned());
+    assert_eq!(
+        net.cluster
+            .select_with(Some(&unknown), now)
+            .unwrap_err()
+            .considered,
+        0
+    );
+}

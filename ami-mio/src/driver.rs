@@ -22,7 +22,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use crate::endpoint::{Destination, Endpoint, EndpointError, Resolver, destination_of, resolve};
-use crate::submit::{Submission, SubmitCallback, SubmitError, Submitter};
+use crate::submit::{RoutedCallback, Submission, SubmitCallback, SubmitError, Submitter};
 use crate::subscription::{Filter, Listeners, SubscriptionId};
 use crate::transport::Transport;
 
@@ -1014,12 +1014,48 @@ impl Driver {
                         }
                     }
                 }
+                Ok(Submission::SendRouted {
+                    route,
+                    action,
+                    on_complete,
+                }) => self.take_routed(route.as_ref(), action, on_complete),
                 Ok(Submission::Close { server }) => {
                     if let Some(id) = self.server_id(&server) {
                         self.close(id);
                     }
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Sends a routed submission: the server's key goes to the callback with the
+    /// outcome.
+    fn take_routed(
+        &mut self,
+        route: Option<&Strategy<String>>,
+        action: Action,
+        on_complete: RoutedCallback,
+    ) {
+        let now = Instant::now();
+        let server = match self.core_mut().select_with(route, now) {
+            Ok(id) => id,
+            Err(none) => {
+                self.stats.submissions_refused += 1;
+                on_complete(None, Err(SubmitError::NoServer(none)));
+                return;
+            }
+        };
+        let key = self.servers[server.0].key.clone();
+        let callback = Callback::Submitted(Box::new({
+            let key = key.clone();
+            move |result| on_complete(Some(&key), result)
+        }));
+        if let Err(Refused { error, payload }) = self.core_mut().send(server, now, action, callback)
+        {
+            self.stats.submissions_refused += 1;
+            if let Callback::Submitted(on_complete) = payload {
+                on_complete(Err(SubmitError::Refused(error)));
             }
         }
     }

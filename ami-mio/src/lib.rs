@@ -97,5 +97,5 @@ pub use driver::{
     WaitError,
 };
 pub use endpoint::{Endpoint, EndpointError, Resolver, SystemResolver};
-pub use submit::{SubmitCallback, SubmitError, Submitter};
+pub use submit::{RoutedCallback, SubmitCallback, SubmitError, Submitter};
 pub use subscription::{Filter, SubscriptionId};

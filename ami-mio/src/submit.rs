@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
+use ami_cluster::{NoServerAvailable, Strategy};
 use ami_proto::{Action, ActionError, Reply, SendError};
 use mio::Waker;
 
@@ -17,6 +18,9 @@ pub enum SubmitError {
     /// The driver refused the action (not ready, too many pending, backpressure, ...).
     #[error(transparent)]
     Refused(SendError),
+    /// A routed submission found no server its strategy could use.
+    #[error(transparent)]
+    NoServer(NoServerAvailable),
     /// The action was sent and failed.
     #[error(transparent)]
     Failed(ActionError),
@@ -31,11 +35,21 @@ pub enum SubmitError {
 /// Completion callback of a submitted action; runs on the driver's thread.
 pub type SubmitCallback = Box<dyn FnOnce(Result<Reply, SubmitError>) + Send>;
 
+/// Completion callback of a routed submission ([`Submitter::submit_routed`]): the key
+/// of the server chosen (`None` when none was) and the outcome; runs on the driver's
+/// thread.
+pub type RoutedCallback = Box<dyn FnOnce(Option<&str>, Result<Reply, SubmitError>) + Send>;
+
 pub(crate) enum Submission {
     Send {
         server: String,
         action: Action,
         on_complete: SubmitCallback,
+    },
+    SendRouted {
+        route: Option<Strategy<String>>,
+        action: Action,
+        on_complete: RoutedCallback,
     },
     Close {
         server: String,
@@ -76,6 +90,25 @@ impl Submitter {
             on_complete: Box::new(on_complete),
         };
         self.push(submission)
+    }
+
+    /// Queues `action` for the server that `route` picks when the driver takes it (the
+    /// driver's routing strategy when `None`, see
+    /// [`Driver::set_routing`](crate::Driver::set_routing)); `on_complete` runs on the
+    /// driver's thread with the key of the server chosen and the outcome. Fails at
+    /// once, as [`Submitter::submit`] does, when the inbox is full or the driver is
+    /// gone.
+    pub fn submit_routed(
+        &self,
+        route: Option<Strategy<String>>,
+        action: impl Into<Action>,
+        on_complete: impl FnOnce(Option<&str>, Result<Reply, SubmitError>) + Send + 'static,
+    ) -> Result<(), SubmitError> {
+        self.push(Submission::SendRouted {
+            route,
+            action: action.into(),
+            on_complete: Box::new(on_complete),
+        })
     }
 
     /// Asks the driver to close the server `server_key` gracefully.

@@ -103,6 +103,57 @@ impl Action {
         self
     }
 
+    /// Sets the completion strategy (and, for a synchronous `Originate`, the timeout)
+    /// that the typed action of this name would use, read from the headers: `Command`
+    /// collects its output; `Originate` with `Async: true` waits for its
+    /// `OriginateResponse`, and without it for the response, both up to its `Timeout`
+    /// (30 s when absent) plus a grace, as [`Originate`] does; the list actions typed
+    /// here (`QueueStatus`, `Status`, `CoreShowChannels`, `QueueSummary`,
+    /// `PJSIPShowEndpoint`, `PJSIPShowEndpoints`) collect their events. Any other
+    /// action gets a single response, and still collects a list when the server
+    /// answers with one. For actions built from a name and headers (a command line, a
+    /// request read from Redis).
+    pub fn with_typed_strategy(self) -> Self {
+        let name = self.name.as_str();
+        let is = |typed: &str| name.eq_ignore_ascii_case(typed);
+        if is("Command") {
+            return self.with_strategy(Strategy::Command);
+        }
+        if is("Originate") {
+            let answer_timeout = self
+                .get("Timeout")
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .map_or(DEFAULT_ORIGINATE_TIMEOUT, Duration::from_millis);
+            let deadline = answer_timeout.saturating_add(ORIGINATE_GRACE);
+            let is_async = self.get("Async").is_some_and(|v| {
+                ["true", "yes", "1", "on", "y", "t"]
+                    .iter()
+                    .any(|t| v.trim().eq_ignore_ascii_case(t))
+            });
+            return if is_async {
+                self.with_strategy(Strategy::AsyncOriginate {
+                    event_timeout: deadline,
+                })
+            } else if self.timeout.is_none() {
+                self.with_timeout(deadline)
+            } else {
+                self
+            };
+        }
+        const LISTS: [&str; 6] = [
+            "QueueStatus",
+            "Status",
+            "CoreShowChannels",
+            "QueueSummary",
+            "PJSIPShowEndpoint",
+            "PJSIPShowEndpoints",
+        ];
+        if LISTS.iter().any(|list| is(list)) {
+            return self.with_strategy(Strategy::EventList);
+        }
+        self
+    }
+
     /// Sets this action's response timeout (instead of the connection default). The
     /// deadline is the send time plus `timeout` (restarted by each list item); a
     /// timeout so long that the deadline does not fit in an `Instant` (e.g.
@@ -1541,6 +1592,28 @@ mod tests {
         );
         assert_eq!(a.clone(), a);
         assert_eq!(Action::new("Ping").strategy(), Strategy::SingleResponse);
+        let typed = |a: Action| a.with_typed_strategy();
+        assert_eq!(typed(Action::new("command")).strategy(), Strategy::Command);
+        assert_eq!(
+            typed(Action::new("QueueStatus")).strategy(),
+            Strategy::EventList
+        );
+        assert_eq!(
+            typed(Action::new("Ping")).strategy(),
+            Strategy::SingleResponse
+        );
+        let originate = Action::new("Originate")
+            .header("Async", "true")
+            .header("Timeout", "5000");
+        assert_eq!(
+            typed(originate).strategy(),
+            Strategy::AsyncOriginate {
+                event_timeout: Duration::from_secs(15)
+            }
+        );
+        let sync = typed(Action::new("Originate"));
+        assert_eq!(sync.strategy(), Strategy::SingleResponse);
+        assert_eq!(sync.timeout(), Some(Duration::from_secs(40)));
     }
 
     #[test]
