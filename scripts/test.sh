@@ -33,6 +33,27 @@ if ! chromium --headless --disable-gpu --no-sandbox --dump-dom about:blank >/dev
 fi
 rm -f "$chromium_log"
 
+# `ami gateway`'s tests run a real Redis 7 (Debian's redis-server) on a free port,
+# and its worker examples run under PHP (php-cli, php-redis) and Python (redis-py in
+# a venv under target/). Installed when missing; no skipping.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v php >/dev/null || missing+=(php-cli)
+php -m 2>/dev/null | grep -qx redis || missing+=(php-redis)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]} (apt-get)"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+redis-server --version
+if [ ! -x target/venv/bin/python ] || ! target/venv/bin/python -c 'import redis' 2>/dev/null; then
+    echo "== python venv with redis-py (target/venv)"
+    python3 -m venv target/venv
+    target/venv/bin/pip install --quiet 'redis>=5,<7'
+fi
+export AMI_PYTHON="$PWD/target/venv/bin/python"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

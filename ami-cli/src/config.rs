@@ -2062,6 +2062,45 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_table_has_defaults_an_env_override_and_checked_patterns() {
+        let config = parse_ok(ONE);
+        let g = &config.gateway;
+        assert_eq!(g.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(g.events_stream, "ami:events:{server}");
+        assert_eq!(g.events_maxlen, 1_000_000);
+        assert_eq!(g.status_stream, "ami:status");
+        assert_eq!(g.actions_stream, "ami:actions");
+        assert_eq!(g.server_actions_stream, "ami:actions:{server}");
+        assert_eq!(g.group, "ami-gateway");
+        assert!(!g.consumer.is_empty());
+        assert_eq!(g.max_in_flight, 1_000);
+        assert_eq!(g.route, Route::RoundRobin);
+        let text = format!(
+            "{ONE}\n[gateway]\nredis_url = \"redis://10.0.0.9:6380/2\"\nconsumer = \"gw-a\"\n\
+             route = \"failover\"\nmax_in_flight = 8\nevents_maxlen = \"5000\"\n"
+        );
+        let config = parse_ok(&text);
+        assert_eq!(config.gateway.consumer, "gw-a");
+        assert_eq!(config.gateway.route, Route::Failover);
+        assert_eq!(config.gateway.max_in_flight, 8);
+        assert_eq!(config.gateway.events_maxlen, 5000);
+        let env = [(REDIS_URL_ENV, "redis://127.0.0.1:7000")];
+        let config = parse(&text, &env_of(&env)).unwrap();
+        assert_eq!(config.gateway.redis_url, "redis://127.0.0.1:7000");
+        let e = parse_err(&format!(
+            "{ONE}\n[gateway]\nevents_stream = \"ami:events\"\n"
+        ));
+        assert!(
+            e.starts_with("gateway.events_stream: expected a stream name with `{server}`"),
+            "{e}"
+        );
+        let e = parse_err(&format!("{ONE}\n[gateway]\nroute = \"random\"\n"));
+        assert!(e.starts_with("gateway.route: "), "{e}");
+        let e = parse_err(&format!("{ONE}\n[gateway]\nredis = \"x\"\n"));
+        assert!(e.starts_with("gateway.redis: unknown key"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_name_their_full_path() {
         let e = parse(&format!("bridge_laravel_events = false\n{ONE}"), &|_| None).unwrap_err();
         assert!(
@@ -2070,7 +2109,8 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "bridge_laravel_events: unknown key (expected one of: default, servers, options, listen)"
+            "bridge_laravel_events: unknown key (expected one of: default, servers, options, listen, \
+             gateway)"
         );
         let e = parse_err(&format!("{ONE}\n[options]\nmax_frame = 1\n"));
         assert!(

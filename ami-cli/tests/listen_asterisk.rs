@@ -10,19 +10,31 @@
 //!
 //! The tests take turns: Asterisk broadcasts a flood to every session.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::ChildStdout;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ami_mio::{Driver, ServerId, ServerSpec};
-use ami_proto::Config;
-use ami_proto::action::{EventMask, Originate};
-use ami_tests::asterisk::{asterisk, unique_id};
+use ami_tests::asterisk::{Flooder, asterisk, unique_id};
+use support::{Ami, log_sum, wait_until};
+
+/// `ami listen --all` with the config at `path`.
+fn listen(path: &PathBuf) -> Ami {
+    Ami::start(
+        [
+            "listen".as_ref(),
+            "--all".as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ],
+        &[],
+    )
+}
 
 /// UserEvents in the flood a fast reader gets whole.
 const COUNT: u64 = 100_000;
@@ -33,14 +45,6 @@ static TURN: Mutex<()> = Mutex::new(());
 
 fn turn() -> MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A config with the given servers (key, event classes), all on instance `a`, and
@@ -60,198 +64,6 @@ fn config(servers: &[(&str, &str)], memory_limit: u64) -> PathBuf {
     text.push_str(&format!("[options]\nmemory_limit = {memory_limit}\n"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The `ami listen` process; its stderr is collected.
-struct Listen {
-    child: Child,
-    stdout: Option<ChildStdout>,
-    log: Arc<Mutex<String>>,
-    http_port: u16,
-}
-
-impl Listen {
-    fn start(config: &PathBuf) -> Listen {
-        let http_port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))
-            .args(["listen", "--all", "--http-addr"])
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("--config")
-            .arg(config)
-            .env("AMI_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ami listen");
-        let log: Arc<Mutex<String>> = Arc::default();
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let stdout = child.stdout.take();
-        Listen {
-            child,
-            stdout,
-            log,
-            http_port,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// `GET path` on the HTTP endpoint: the body, or `None` while it does not answer.
-    fn get(&self, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
-    }
-
-    /// `/status` as JSON: per server key, its entry.
-    fn status(&self) -> Option<BTreeMap<String, serde_json::Value>> {
-        let body = self.get("/status")?;
-        let status: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some(
-            status["servers"]
-                .as_array()?
-                .iter()
-                .map(|s| (s["server"].as_str().unwrap().to_owned(), s.clone()))
-                .collect(),
-        )
-    }
-
-    /// The sum of every sample of `metric` (all servers and reasons).
-    fn metric_sum(&self, metric: &str) -> f64 {
-        let text = self.get("/metrics").unwrap_or_default();
-        text.lines()
-            .filter(|line| line.starts_with(&format!("{metric}{{")))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// Waits until every server in `keys` is healthy in `/status`.
-    fn wait_healthy(&self, keys: &[&str]) {
-        wait_until(Duration::from_secs(30), "every server healthy", || {
-            self.status().is_some_and(|status| {
-                keys.iter()
-                    .all(|k| status.get(*k).is_some_and(|s| s["healthy"] == true))
-            })
-        });
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the exit, at most `limit`; returns its code and how long it took.
-    fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code(), started.elapsed());
-            }
-            assert!(
-                started.elapsed() < limit,
-                "ami listen did not exit within {limit:?}; its log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Listen {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The sum of `field=N` over the log lines that contain `marker`.
-fn log_sum(log: &str, marker: &str, field: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.contains(marker))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
-/// Polls `condition` every 50 ms, failing after `limit`.
-fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The test's own session to Asterisk, which starts floods and sees their end.
-struct Flooder {
-    driver: Driver,
-    id: ServerId,
-}
-
-impl Flooder {
-    fn new() -> Flooder {
-        let mut driver = Driver::new().unwrap();
-        let mut config = Config::new("flooder", "admin", asterisk().secret.clone());
-        config.events = EventMask::Classes(vec!["user".into()]);
-        config.blocked_events = Vec::new();
-        let id = driver
-            .add_server(ServerSpec::new(config, asterisk().endpoint()))
-            .unwrap();
-        driver.connect(id).unwrap();
-        driver.wait_ready(id, Duration::from_secs(15)).unwrap();
-        Flooder { driver, id }
-    }
-
-    /// Starts a flood of `count` UserEvents and ticks until its `FloodDone`.
-    fn flood(&mut self, count: u64) {
-        let done = Arc::new(Mutex::new(false));
-        let seen = done.clone();
-        let subscription = self.driver.on_event("UserEvent", move |event| {
-            if event.get("UserEvent") == Some("FloodDone") {
-                *seen.lock().unwrap() = true;
-            }
-        });
-        let originate = Originate::application("Local/flood@test", "Wait", "120")
-            .with_variable("COUNT", count.to_string());
-        self.driver.send(self.id, originate, |_| {}).unwrap();
-        let started = Instant::now();
-        while !*done.lock().unwrap() {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "no FloodDone within 120 s"
-            );
-            self.driver.tick_all(Duration::from_millis(20));
-        }
-        self.driver.unsubscribe(subscription);
-    }
 }
 
 /// What a reader of listen's stdout found.
@@ -348,7 +160,7 @@ fn a_reader_that_reads_at_once_gets_the_whole_flood() {
     // other frames, which would only add load (the benchmark in BENCHMARKS.md takes
     // them all).
     let config = config(&[("sandbox", "user")], 2 << 30);
-    let mut listen = Listen::start(&config);
+    let mut listen = listen(&config);
     let progress: Arc<Mutex<Output>> = Arc::default();
     let reading = reader(listen.stdout.take().unwrap(), progress.clone());
     listen.wait_healthy(&["sandbox"]);
@@ -400,7 +212,7 @@ fn a_reader_that_stalls_costs_events_counted_never_the_sessions() {
     // (the flood's load on a busy machine stays small); a 16 MiB budget gives the
     // outlet queue 8 MiB, a third of the flood.
     let config = config(&[("flooded", "user"), ("second", "call")], 16 << 20);
-    let mut listen = Listen::start(&config);
+    let mut listen = listen(&config);
     // Nobody reads stdout until listen has exited: the pipe fills at once.
     let stdout = listen.stdout.take().unwrap();
     listen.wait_healthy(&keys);
@@ -484,7 +296,7 @@ fn a_reader_that_stalls_costs_events_counted_never_the_sessions() {
 fn a_closed_pipe_ends_listen_with_exit_code_3() {
     let _turn = turn();
     let config = config(&[("sandbox", "on")], 128 << 20);
-    let mut listen = Listen::start(&config);
+    let mut listen = listen(&config);
     let mut stdout = BufReader::new(listen.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ami_mio::{Driver, Endpoint, ServerId, ServerSpec, WaitError};
 use ami_proto::Config;
+use ami_proto::action::{EventMask, Originate};
 
 /// How long [`driver_with`] and [`connect_ready`] wait for a login.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -400,5 +401,69 @@ mod tests {
             x = std::hint::black_box(x.wrapping_add(1));
         }
         assert!(thread_cpu_time().unwrap() > before);
+    }
+}
+
+/// A test's own session to the sandbox Asterisk (instance `a`) that starts dialplan
+/// floods (`Local/flood@test`: `COUNT` `UserEvent Flood` with `Seq`, then
+/// `FloodDone`) and sees their end.
+#[derive(Debug)]
+pub struct Flooder {
+    driver: Driver,
+    id: ServerId,
+}
+
+impl Default for Flooder {
+    fn default() -> Self {
+        Flooder::new()
+    }
+}
+
+impl Flooder {
+    /// Logs in (events of the `user` class only).
+    ///
+    /// # Panics
+    /// When the login fails within 15 s.
+    pub fn new() -> Flooder {
+        let mut driver = Driver::new().expect("a driver");
+        let mut config = Config::new("flooder", "admin", asterisk().secret.clone());
+        config.events = EventMask::Classes(vec!["user".into()]);
+        config.blocked_events = Vec::new();
+        let id = driver
+            .add_server(ServerSpec::new(config, asterisk().endpoint()))
+            .expect("a server");
+        driver.connect(id).expect("connect");
+        driver
+            .wait_ready(id, Duration::from_secs(15))
+            .expect("the flooder's login");
+        Flooder { driver, id }
+    }
+
+    /// Starts a flood of `count` UserEvents and ticks until its `FloodDone`.
+    ///
+    /// # Panics
+    /// When no `FloodDone` comes within 120 s.
+    pub fn flood(&mut self, count: u64) {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = done.clone();
+        let subscription = self.driver.on_event("UserEvent", move |event| {
+            if event.get("UserEvent") == Some("FloodDone") {
+                seen.store(true, Ordering::Relaxed);
+            }
+        });
+        let originate = Originate::application("Local/flood@test", "Wait", "120")
+            .with_variable("COUNT", count.to_string());
+        self.driver
+            .send(self.id, originate, |_| {})
+            .expect("the flood's Originate");
+        let started = std::time::Instant::now();
+        while !done.load(Ordering::Relaxed) {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no FloodDone within 120 s"
+            );
+            self.driver.tick_all(Duration::from_millis(20));
+        }
+        self.driver.unsubscribe(subscription);
     }
 }

@@ -9,6 +9,7 @@
 //!   Tokio suites.
 //! - [`counting`]: a logged-in `ami-mio` driver counting a replay server's events.
 //! - [`procstat`]: the process's resident memory, for the `ami-soak` program.
+//! - [`redis`]: a real `redis-server` on a free port, for the gateway's tests.
 //!
 //! The integration tests themselves live in `tests/tests/`, the fixture (a real
 //! Asterisk 22 session) in `tests/fixtures/asterisk22-capture.raw`.
@@ -18,6 +19,7 @@ pub mod asterisk;
 pub mod cases;
 pub mod counting;
 pub mod procstat;
+pub mod redis;
 pub mod replay;
 
 /// The README's code blocks, compiled (and run, unless marked `no_run`) as doc tests

@@ -1,0 +1,215 @@
+//! What the `ami` process tests share: a running `ami` subcommand with its stderr
+//! collected and its HTTP endpoint at hand, and waiting for conditions.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `condition` every 50 ms, failing after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The sum of `field=N` over the log lines that contain `marker`.
+pub fn log_sum(log: &str, marker: &str, field: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// An `ami` subcommand (`listen`, `gateway`) with `--http-addr` on a free port; its
+/// stdout is piped (take it), its stderr collected.
+pub struct Ami {
+    pub child: Child,
+    pub stdout: Option<ChildStdout>,
+    log: Arc<Mutex<String>>,
+    pub http_port: u16,
+}
+
+impl Ami {
+    /// Starts `ami ARGS... --http-addr 127.0.0.1:PORT` with `env` added.
+    pub fn start<I, S>(args: I, env: &[(&str, &str)]) -> Ami
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let http_port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ami"));
+        command
+            .args(args)
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .env("AMI_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the ami binary");
+        let log: Arc<Mutex<String>> = Arc::default();
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take();
+        Ami {
+            child,
+            stdout,
+            log,
+            http_port,
+        }
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `GET path` on the HTTP endpoint: the body, or `None` while it does not answer.
+    pub fn get(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    }
+
+    /// `/status` as JSON: per server key, its entry.
+    pub fn status(&self) -> Option<BTreeMap<String, serde_json::Value>> {
+        let body = self.get("/status")?;
+        let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(
+            status["servers"]
+                .as_array()?
+                .iter()
+                .map(|s| (s["server"].as_str().unwrap().to_owned(), s.clone()))
+                .collect(),
+        )
+    }
+
+    /// The sum of the samples of `metric` whose labels contain `labels` (every
+    /// sample when empty).
+    pub fn metric(&self, metric: &str, labels: &str) -> f64 {
+        let text = self.get("/metrics").unwrap_or_default();
+        text.lines()
+            .filter(|line| {
+                let rest = line.strip_prefix(metric).unwrap_or_default();
+                (rest.starts_with('{') || rest.starts_with(' ')) && rest.contains(labels)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `metric` with `labels` is `value` (the endpoint's snapshot is
+    /// renewed once a second), failing after 10 s.
+    pub fn wait_metric(&self, metric: &str, labels: &str, value: f64) {
+        let started = Instant::now();
+        loop {
+            let last = self.metric(metric, labels);
+            if last == value {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{metric}{{{labels}}} is {last}, not {value}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The sum of every sample of `metric` (all servers and reasons).
+    pub fn metric_sum(&self, metric: &str) -> f64 {
+        self.metric(metric, "")
+    }
+
+    /// Waits until every server in `keys` is healthy in `/status`.
+    pub fn wait_healthy(&self, keys: &[&str]) {
+        wait_until(Duration::from_secs(30), "every server healthy", || {
+            self.status().is_some_and(|status| {
+                keys.iter()
+                    .all(|k| status.get(*k).is_some_and(|s| s["healthy"] == true))
+            })
+        });
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill_hard(&self) {
+        self.signal("-KILL");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit, at most `limit`; returns its code and how long it took.
+    pub fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), started.elapsed());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "ami did not exit within {limit:?}; its log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Ami {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
