@@ -66,7 +66,7 @@ fn config(servers: &[(&str, &str, Option<u16>)], memory_limit: u64, gateway: &st
 }
 
 /// `ami gateway --config PATH ARGS...` on `redis`.
-fn gateway(path: &PathBuf, redis: &RedisServer, args: &[&str]) -> Ami {
+fn gateway(path: &std::path::Path, redis: &RedisServer, args: &[&str]) -> Ami {
     let mut all = vec![
         "gateway".to_owned(),
         "--config".to_owned(),

@@ -24,7 +24,7 @@ use ami_tests::asterisk::{Flooder, asterisk, unique_id};
 use support::{Ami, log_sum, wait_until};
 
 /// `ami listen --all` with the config at `path`.
-fn listen(path: &PathBuf) -> Ami {
+fn listen(path: &std::path::Path) -> Ami {
     Ami::start(
         [
             "listen".as_ref(),
