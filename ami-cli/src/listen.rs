@@ -85,6 +85,9 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(8);
 /// outlet's.
 const LOGOFF_LIMIT: Duration = Duration::from_secs(4);
 
+/// The pause after a tick that returned at once with nothing done.
+const SPIN_GUARD: Duration = Duration::from_millis(1);
+
 /// Status records the outlet queue holds at most.
 const MAX_QUEUED_STATUS: usize = 10_000;
 
@@ -273,13 +276,11 @@ pub(crate) fn serve(
             result = Err(CliError::Failed("every server connection closed".into()));
             break;
         }
-        // No progress: wait out the rest of the cadence instead of spinning.
-        if !report.progressed {
-            let elapsed = started.elapsed();
-            let cadence = tick.min(ami_mio::MAX_TICK_TIMEOUT);
-            if elapsed < cadence {
-                std::thread::sleep(cadence - elapsed);
-            }
+        // A tick that returned at once with nothing done (a spurious wake-up): pause
+        // a moment rather than spin. Never longer: a submission (the gateway's
+        // requests) wakes the poll, and a sleep here would hold it up.
+        if !report.progressed && started.elapsed() < SPIN_GUARD {
+            std::thread::sleep(SPIN_GUARD);
         }
     }
     let deadline = Instant::now() + SHUTDOWN_LIMIT;

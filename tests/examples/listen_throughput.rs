@@ -21,27 +21,8 @@ use std::time::{Duration, Instant};
 
 use ami_tests::asterisk::thread_cpu_time;
 use ami_tests::counting::CountingDriver;
+use ami_tests::procstat::process_cpu;
 use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
-
-/// Clock ticks per second of `/proc/PID/stat` times (`getconf CLK_TCK`; 100 on Linux).
-const CLOCK_TICKS: f64 = 100.0;
-
-/// User + system CPU of process `pid`, all threads, from `/proc/PID/stat`.
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
-    Duration::from_secs_f64((ticks(11) + ticks(12)) / CLOCK_TICKS)
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -142,7 +123,7 @@ fn main() {
             .sum()
     };
     let dropped =
-        field("dropped_outlet_slow") + field("dropped_memory_limit") + field("dropped_queue_full");
+        field("dropped_outlet") + field("dropped_memory_limit") + field("dropped_queue_full");
     println!(
         "ami listen {delivered:>9} events delivered in {:>5.2} s = {:>9.0} events/s; dropped {dropped} \
          (delivered + dropped = {} of {total} sent); CPU {:.2} µs per delivered event (all threads); exit {:?}",

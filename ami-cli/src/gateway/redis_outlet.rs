@@ -54,9 +54,14 @@ pub struct RedisOutlet {
     streams: HashMap<Arc<str>, Stream>,
     /// Never set: the outlet waits for Redis as long as the process runs.
     never: AtomicBool,
-    /// Scratch for each event's `headers` and `received_at`.
+    /// Scratch for each event's `headers`, `received_at` and entry ID.
     headers: Vec<u8>,
     time: Vec<u8>,
+    id: Vec<u8>,
+    /// The command being built (its buffers reused), and the packed commands not yet
+    /// sent.
+    command: redis::Cmd,
+    packed: Vec<u8>,
     /// When an entry refusal was last logged (rate limit: one per 10 s).
     refusal_logged: Option<Instant>,
 }
@@ -92,6 +97,9 @@ impl RedisOutlet {
             never: AtomicBool::new(false),
             headers: Vec::with_capacity(4096),
             time: Vec::with_capacity(32),
+            id: Vec::with_capacity(32),
+            command: redis::Cmd::new(),
+            packed: Vec::with_capacity(SEND_CHUNK + 64 * 1024),
             refusal_logged: None,
         }
     }
@@ -214,21 +222,27 @@ impl RedisOutlet {
         id
     }
 
-    /// Adds the `XADD` of `record` (with `id` for an event) to `pipe`.
-    fn add(&mut self, pipe: &mut redis::Pipeline, record: &Record, id: (u64, u64)) {
+    /// Packs the `XADD` of `record` (with `id` for an event) onto `self.packed`.
+    fn pack(&mut self, record: &Record, id: (u64, u64)) {
+        use std::io::Write as _;
+        let mut command = std::mem::take(&mut self.command);
+        command.clear();
         match record {
             Record::Event { event, received_at } => {
                 self.headers.clear();
                 json::header_array(&mut self.headers, &event.message);
                 self.time.clear();
                 json::seconds(&mut self.time, *received_at);
+                self.id.clear();
+                let _ = write!(self.id, "{}-{}", id.0, id.1);
                 let name = &self.stream(event.server_key()).name;
-                pipe.cmd("XADD")
+                command
+                    .arg("XADD")
                     .arg(name.as_str())
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(&self.maxlen)
-                    .arg(format!("{}-{}", id.0, id.1))
+                    .arg(&self.id[..])
                     .arg("server")
                     .arg(&**event.server_key())
                     .arg("name")
@@ -239,8 +253,8 @@ impl RedisOutlet {
                     .arg(&self.headers[..]);
             }
             status => {
-                let command = pipe
-                    .cmd("XADD")
+                command
+                    .arg("XADD")
                     .arg(&self.status_stream)
                     .arg("MAXLEN")
                     .arg("~")
@@ -251,6 +265,81 @@ impl RedisOutlet {
                 }
             }
         }
+        command.write_packed_command(&mut self.packed);
+        self.command = command;
+    }
+
+    /// Sends the `XADD`s of the waiting records, in chunks as they are packed (Redis
+    /// works on one chunk while the next is packed), then reads the answers. Marks
+    /// each answered record done (counting a refusal); on a connection failure, the
+    /// records not answered are in doubt.
+    fn send(
+        &mut self,
+        records: &[Record],
+        ids: &mut [(u64, u64)],
+        states: &mut [Entry],
+        progress: &Progress,
+    ) -> RedisResult<()> {
+        let now = now_ms();
+        let mut sent = Vec::new();
+        self.packed.clear();
+        let mut result = Ok(());
+        for (i, record) in records.iter().enumerate() {
+            if states[i] != Entry::Waiting {
+                continue;
+            }
+            if let Some(event) = record.event()
+                && ids[i] == (0, 0)
+            {
+                ids[i] = self.next_id(event.server_key(), now);
+            }
+            self.pack(record, ids[i]);
+            states[i] = Entry::InDoubt;
+            sent.push(i);
+            if self.packed.len() >= SEND_CHUNK {
+                result = self.flush();
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self.flush();
+        }
+        result?;
+        for &i in &sent {
+            let Some(connection) = self.link.get(&self.never) else {
+                return Ok(());
+            };
+            let refusal = match connection.recv_response() {
+                Ok(Value::ServerError(error)) => Some(redis::RedisError::from(error)),
+                Ok(_) => None,
+                Err(error) if error.is_io_error() || error.is_timeout() => return Err(error),
+                Err(error) if error.is_connection_dropped() => return Err(error),
+                Err(error) => Some(error),
+            };
+            states[i] = Entry::Done;
+            if let Some(error) = refusal {
+                self.log_refusal(&records[i], &error);
+                if let Some(event) = records[i].event() {
+                    progress.refused(event.server_key());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what is packed.
+    fn flush(&mut self) -> RedisResult<()> {
+        if self.packed.is_empty() {
+            return Ok(());
+        }
+        let Some(connection) = self.link.get(&self.never) else {
+            return Ok(());
+        };
+        let sent = connection.send_packed_command(&self.packed);
+        self.packed.clear();
+        sent
     }
 
     /// Logs an entry Redis refused (at most once per 10 s).
@@ -323,6 +412,10 @@ fn entry_fields(value: &Value) -> Vec<Vec<(String, String)>> {
         .collect()
 }
 
+/// Bytes of packed commands sent at once: Redis starts on them while the next are
+/// packed.
+const SEND_CHUNK: usize = 128 * 1024;
+
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -347,52 +440,16 @@ impl Outlet for RedisOutlet {
                 self.link.failed(&error);
                 continue;
             }
-            let now = now_ms();
-            let mut pipe = redis::pipe();
-            let mut sent = Vec::new();
-            for (i, record) in records.iter().enumerate() {
-                if states[i] != Entry::Waiting {
-                    continue;
-                }
-                if let Some(event) = record.event()
-                    && ids[i] == (0, 0)
-                {
-                    ids[i] = self.next_id(event.server_key(), now);
-                }
-                self.add(&mut pipe, record, ids[i]);
-                sent.push(i);
-            }
-            if sent.is_empty() {
+            if !states.contains(&Entry::Waiting) {
                 break;
             }
-            let Some(connection) = self.link.get(&self.never) else {
-                continue;
-            };
-            let answers: RedisResult<Vec<RedisResult<Value>>> =
-                pipe.ignore_errors().query(connection);
-            match answers {
-                Ok(answers) => {
-                    for (&i, answer) in sent.iter().zip(answers) {
-                        states[i] = Entry::Done;
-                        if let Err(error) = answer {
-                            self.log_refusal(&records[i], &error);
-                            if let Some(event) = records[i].event() {
-                                progress.refused(event.server_key());
-                            }
-                        }
-                    }
-                }
-                Err(error) => {
-                    for &i in &sent {
-                        states[i] = Entry::InDoubt;
-                    }
-                    if !self.link.failed(&error) {
-                        // Not the connection's fault, yet no answers: make a new one
-                        // anyway, so that the doubt is settled the same way.
-                        tracing::warn!(%error, "redis pipeline failed: reconnecting");
-                        self.link.drop_connection();
-                    }
-                }
+            if let Err(error) = self.send(records, &mut ids, &mut states, progress)
+                && !self.link.failed(&error)
+            {
+                // Not the connection's fault, yet answers are missing: make a new one
+                // anyway, so that the doubt is settled the same way.
+                tracing::warn!(%error, "redis pipeline failed: reconnecting");
+                self.link.drop_connection();
             }
         }
         progress.written(records.len() as u64, events);
