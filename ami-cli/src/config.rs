@@ -2534,6 +2534,7 @@ mod tests {
         };
         assert_eq!(config.options, defaults);
         assert_eq!(config.listen, ListenSettings::default());
+        assert_eq!(config.gateway, GatewaySettings::default());
         config.options.redactor().unwrap();
 
         // The seeds' .env names work through the ${} of the example.

@@ -28,7 +28,7 @@ use ami_mio::{Driver, ServerSpec};
 use ami_proto::Config;
 use ami_proto::action::EventMask;
 use ami_tests::asterisk::{Flooder, asterisk, unique_id};
-use ami_tests::redis::RedisServer;
+use ami_tests::redis::{Entry, RedisServer, entries, field, read_all as read_entries, text, xlen};
 use redis::{Commands, Value};
 use support::{Ami, free_port, wait_until};
 
@@ -76,79 +76,25 @@ fn gateway(path: &std::path::Path, redis: &RedisServer, args: &[&str]) -> Ami {
     Ami::start(all, &[("AMI_GATEWAY_REDIS_URL", &redis.url())])
 }
 
-fn connect(redis: &RedisServer) -> redis::Connection {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let connection = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
-    connection
-        .set_read_timeout(Some(Duration::from_secs(40)))
-        .unwrap();
-    connection
-}
-
 /// A stream entry's fields.
 type Fields = HashMap<String, String>;
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// `[[id, [k, v, ...]], ...]` as (id, fields).
-fn entries(value: &Value) -> Vec<(String, Fields)> {
-    let Value::Array(items) = value else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|item| {
-            let Value::Array(parts) = item else {
-                return None;
-            };
-            let Value::Array(kv) = parts.get(1)? else {
-                return None;
-            };
-            let fields = kv.chunks(2).map(|c| (text(&c[0]), text(&c[1]))).collect();
-            Some((text(&parts[0]), fields))
-        })
-        .collect()
-}
-
-/// Every entry of `stream`, oldest first.
+/// Every entry of `stream`, oldest first, its fields by name.
 fn read_all(conn: &mut redis::Connection, stream: &str) -> Vec<(String, Fields)> {
-    let mut out = Vec::new();
-    let mut start = "-".to_owned();
-    loop {
-        let answer: Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(20_000)
-            .query(conn)
-            .unwrap();
-        let batch = entries(&answer);
-        let Some((last, _)) = batch.last() else {
-            return out;
-        };
-        start = format!("({last}");
-        out.extend(batch);
-    }
-}
-
-/// `XLEN stream` (0 while Redis does not answer).
-fn xlen(conn: &mut redis::Connection, stream: &str) -> u64 {
-    redis::cmd("XLEN").arg(stream).query(conn).unwrap_or(0)
+    read_entries(conn, stream)
+        .into_iter()
+        .map(|(id, fields): Entry| (id, fields.into_iter().collect()))
+        .collect()
 }
 
 /// A header of an event entry (its `headers` JSON).
 fn header(fields: &Fields, key: &str) -> Option<String> {
-    let headers: serde_json::Value = serde_json::from_str(fields.get("headers")?).ok()?;
+    header_in(fields.get("headers")?, key)
+}
+
+/// A header in the `headers` JSON of an event entry.
+fn header_in(headers: &str, key: &str) -> Option<String> {
+    let headers: serde_json::Value = serde_json::from_str(headers).ok()?;
     headers
         .as_array()?
         .iter()
@@ -247,7 +193,7 @@ fn the_flood_lands_in_the_events_stream_exactly_once() {
     gw.wait_healthy(&["pbx"]);
     let started = Instant::now();
     Flooder::new().flood(COUNT);
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
     wait_until(Duration::from_secs(60), "FloodDone in the stream", || {
         let last: Value = redis::cmd("XREVRANGE")
             .arg("ami:events:pbx")
@@ -259,7 +205,8 @@ fn the_flood_lands_in_the_events_stream_exactly_once() {
             .unwrap();
         entries(&last)
             .first()
-            .is_some_and(|(_, f)| header(f, "UserEvent").as_deref() == Some("FloodDone"))
+            .and_then(|(_, f)| header_in(field(f, "headers")?, "UserEvent"))
+            .is_some_and(|name| name == "FloodDone")
     });
     let elapsed = started.elapsed();
     let (mut seqs, done) = flood_in(&mut conn, "ami:events:pbx");
@@ -292,7 +239,7 @@ fn redis_stopped_for_ten_seconds_costs_counted_events_only() {
     let path = config(&[("pbx", "user", None)], 16 << 20, "");
     let gw = gateway(&path, &redis, &[]);
     gw.wait_healthy(&["pbx"]);
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
     let flooding = thread::spawn(|| Flooder::new().flood(COUNT));
     wait_until(Duration::from_secs(30), "the flood under way", || {
         xlen(&mut conn, "ami:events:pbx") >= 2_000
@@ -305,7 +252,7 @@ fn redis_stopped_for_ten_seconds_costs_counted_events_only() {
     }
     redis.start_again();
     flooding.join().unwrap();
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
     // Events flow again: the FloodDone that Asterisk sent after the flood.
     wait_until(Duration::from_secs(60), "events after the restart", || {
         flood_in(&mut conn, "ami:events:pbx").1
@@ -370,7 +317,7 @@ fn actions_round_trip_through_redis() {
     );
     let gw = gateway(&path, &redis, &[]);
     gw.wait_healthy(&["pbx"]);
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
     let reply = unique_id("replies");
     let mut send = |fields: &[(&str, &str)]| request(&mut conn, "ami:actions", &reply, fields);
     let ping = send(&[("action", "Ping"), ("server", "pbx")]);
@@ -399,6 +346,16 @@ fn actions_round_trip_through_redis() {
     let unknown = send(&[("action", "Ping"), ("server", "nope")]);
     let down = send(&[("action", "Ping"), ("server", "down")]);
     let routed = send(&[("action", "Ping"), ("timeout_ms", "5000")]);
+    // No reply_to: nothing to answer to; acknowledged and counted.
+    let _: String = redis::cmd("XADD")
+        .arg("ami:actions")
+        .arg("*")
+        .arg("request_id")
+        .arg("lost")
+        .arg("action")
+        .arg("Ping")
+        .query(&mut conn)
+        .unwrap();
     let ids = [
         &ping, &version, &queues, &answered, &busy, &bad_json, &injection, &unknown, &down, &routed,
     ]
@@ -459,6 +416,9 @@ fn actions_round_trip_through_redis() {
     assert_eq!(get(&routed, "status"), "ok");
     assert_eq!(get(&routed, "server"), "pbx");
     // Every request was acknowledged: nothing pending in the group.
+    wait_until(Duration::from_secs(5), "nothing pending", || {
+        pending_count(&mut conn, "ami:actions") == 0
+    });
     let pending: Value = redis::cmd("XPENDING")
         .arg("ami:actions")
         .arg("ami-gateway")
@@ -468,7 +428,78 @@ fn actions_round_trip_through_redis() {
         panic!("{pending:?}")
     };
     assert_eq!(text(&summary[0]), "0", "pending requests left: {summary:?}");
-    gw.wait_metric("ami_gateway_requests_total", "outcome=\"invalid\"", 3.0);
+    gw.wait_metric("ami_gateway_requests_total", "outcome=\"invalid\"", 4.0);
+    assert!(
+        gw.log().contains("request without reply_to"),
+        "{}",
+        gw.log()
+    );
+}
+
+/// Requests taken and not acknowledged on `stream` (the group's `XPENDING` count).
+fn pending_count(conn: &mut redis::Connection, stream: &str) -> u64 {
+    let summary: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("ami-gateway")
+        .query(conn)
+        .unwrap();
+    match summary {
+        Value::Array(parts) => text(&parts[0]).parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[test]
+fn requests_beyond_max_in_flight_wait_in_redis() {
+    let _turn = turn();
+    let redis = RedisServer::start();
+    let path = config(&[("pbx", "call", None)], 128 << 20, "max_in_flight = 2");
+    let gw = gateway(&path, &redis, &[]);
+    gw.wait_healthy(&["pbx"]);
+    let mut conn = redis.connect();
+    let reply = unique_id("replies");
+    // Calls that ring 2 s unanswered: each holds its slot that long.
+    let headers = r#"[["Channel","Local/noanswer@test"],["Application","Wait"],["Data","1"],["Async","true"],["Timeout","2000"]]"#;
+    let ids: Vec<String> = (0..5)
+        .map(|_| {
+            request(
+                &mut conn,
+                "ami:actions",
+                &reply,
+                &[("action", "Originate"), ("headers", headers)],
+            )
+        })
+        .collect();
+    let mut most = 0;
+    let started = Instant::now();
+    while read_all(&mut conn, &reply).len() < ids.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not all completed"
+        );
+        // What the gateway took and has not answered: never more than 2.
+        let taken = pending_count(&mut conn, "ami:actions");
+        assert!(taken <= 2, "{taken} requests taken with max_in_flight = 2");
+        most = most.max(taken);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let done = completions(&mut conn, &reply, &ids, Duration::from_secs(1));
+    eprintln!(
+        "max_in_flight 2: 5 requests in {:.1} s, at most {most} taken at once",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(most, 2);
+    for id in &ids {
+        let response: serde_json::Value =
+            serde_json::from_str(&done[id]["originate_response"]).unwrap();
+        let reason = response
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kv| kv[0] == "Reason")
+            .map(|kv| kv[1].clone());
+        assert_eq!(reason, Some(serde_json::json!("3")), "{:?}", done[id]);
+    }
 }
 
 /// A session that counts `Newchannel` events by `Uniqueid` (the Originate's
@@ -547,7 +578,7 @@ fn a_killed_gateway_answers_its_requests_in_flight_once_after_a_restart() {
     let watch = ChannelWatch::start();
     let mut gw = gateway(&path, &redis, &[]);
     gw.wait_healthy(&["pbx"]);
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
     let reply = unique_id("replies");
     // Calls that ring unanswered for 20 s: in flight until the gateway dies.
     let channels: Vec<String> = (0..5).map(|i| unique_id(&format!("kill{i}"))).collect();
@@ -626,7 +657,7 @@ fn two_gateways_split_the_servers_and_forward_to_each_other() {
     let west = gateway(&path_west, &redis, &["--server", "west"]);
     east.wait_healthy(&["east"]);
     west.wait_healthy(&["west"]);
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
     wait_until(Duration::from_secs(20), "both own their server", || {
         conn.exists::<_, bool>("ami-gateway:ami-gateway:owner:east")
             .unwrap()

@@ -20,7 +20,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ami_tests::asterisk::{asterisk, unique_id};
-use ami_tests::redis::RedisServer;
+use ami_tests::redis::{RedisServer, field, pairs, read_all};
 use redis::Value;
 
 /// The server key of the gateway's config.
@@ -118,56 +118,11 @@ impl Drop for Gateway {
     }
 }
 
-fn connect(redis: &RedisServer) -> redis::Connection {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let connection = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
-    connection
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    connection
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// A flat `[k, v, k, v, ...]` list (or a map) as pairs.
-fn pairs(value: &Value) -> Vec<(String, String)> {
-    match value {
-        Value::Array(kv) => kv
-            .chunks(2)
-            .filter(|c| c.len() == 2)
-            .map(|c| (text(&c[0]), text(&c[1])))
-            .collect(),
-        Value::Map(kv) => kv.iter().map(|(k, v)| (text(k), text(v))).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The field lists of every entry of `stream`.
+/// The fields of every entry of `stream`.
 fn entries(conn: &mut redis::Connection, stream: &str) -> Vec<Vec<(String, String)>> {
-    let answer: Value = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query(conn)
-        .unwrap_or(Value::Nil);
-    let Value::Array(items) = answer else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|item| match item {
-            Value::Array(parts) => parts.get(1).map(pairs),
-            _ => None,
-        })
+    read_all(conn, stream)
+        .into_iter()
+        .map(|(_, fields)| fields)
         .collect()
 }
 
@@ -182,14 +137,6 @@ fn groups(conn: &mut redis::Connection, stream: &str) -> Vec<Vec<(String, String
         Value::Array(groups) => groups.iter().map(pairs).collect(),
         _ => Vec::new(),
     }
-}
-
-/// The value of `key` in `fields`.
-fn field<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
 }
 
 /// Polls `condition` every 50 ms, failing after `limit` with `context()`.
@@ -334,7 +281,7 @@ fn the_php_and_python_workers_originate_and_read_events_through_the_gateway() {
     let python = python();
     let redis = RedisServer::start();
     let mut gateway = Gateway::start(&config(), &redis);
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
 
     // Ready: the session is up (a health record `to=healthy` on the status stream)
     // and the requests reader has made its group on the action stream.

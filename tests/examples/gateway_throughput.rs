@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use ami_tests::asterisk::{Flooder, asterisk};
 use ami_tests::procstat::process_cpu;
-use ami_tests::redis::RedisServer;
+use ami_tests::redis::{RedisServer, entries, field, read_all, xlen};
 use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
 use redis::Value;
 
@@ -93,7 +93,7 @@ fn main() {
         bench_args[..10].join(" "),
         headers.len()
     );
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
     let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
 
     // 2. The gateway against the replay server.
@@ -144,7 +144,7 @@ fn main() {
     let a = asterisk();
     let config = write_config(&[("pbx", a.port, "on")], 4 << 30);
     let gateway = start(&ami, &config, &redis);
-    let mut conn = connect(&redis);
+    let mut conn = redis.connect();
     // Ready: a Ping answers.
     while ping(&mut conn).is_none() {}
     let idle: Vec<Duration> = (0..500).filter_map(|_| ping(&mut conn)).collect();
@@ -259,55 +259,6 @@ fn start(ami: &str, config: &Path, redis: &RedisServer) -> Gateway {
     Gateway { child }
 }
 
-fn connect(redis: &RedisServer) -> redis::Connection {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let conn = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    conn
-}
-
-fn xlen(conn: &mut redis::Connection, stream: &str) -> u64 {
-    redis::cmd("XLEN").arg(stream).query(conn).unwrap_or(0)
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// `[[id, [k, v, ...]], ...]` as field lists.
-fn entries(value: &Value) -> Vec<Vec<(String, String)>> {
-    let Value::Array(items) = value else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|item| match item {
-            Value::Array(parts) => match parts.get(1) {
-                Some(Value::Array(kv)) => {
-                    Some(kv.chunks(2).map(|c| (text(&c[0]), text(&c[1]))).collect())
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
-fn field<'a>(entry: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    entry
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 /// The `name` of the stream's last entry.
 fn last_name(conn: &mut redis::Connection, stream: &str) -> Option<String> {
     let last: Value = redis::cmd("XREVRANGE")
@@ -320,21 +271,15 @@ fn last_name(conn: &mut redis::Connection, stream: &str) -> Option<String> {
         .ok()?;
     entries(&last)
         .first()
-        .and_then(|e| field(e, "name").map(str::to_owned))
+        .and_then(|(_, e)| field(e, "name").map(str::to_owned))
 }
 
 /// The sum of `count` of the status stream's `dropped` records of `server`.
 fn dropped_in_status(conn: &mut redis::Connection, server: &str) -> u64 {
-    let all: Value = redis::cmd("XRANGE")
-        .arg("ami:status")
-        .arg("-")
-        .arg("+")
-        .query(conn)
-        .unwrap();
-    entries(&all)
+    read_all(conn, "ami:status")
         .iter()
-        .filter(|e| field(e, "type") == Some("dropped") && field(e, "server") == Some(server))
-        .filter_map(|e| field(e, "count")?.parse::<u64>().ok())
+        .filter(|(_, e)| field(e, "type") == Some("dropped") && field(e, "server") == Some(server))
+        .filter_map(|(_, e)| field(e, "count")?.parse::<u64>().ok())
         .sum()
 }
 
@@ -350,48 +295,26 @@ fn has_flood_done(conn: &mut redis::Connection, stream: &str) -> bool {
         .unwrap();
     entries(&last)
         .iter()
-        .any(|e| field(e, "headers").is_some_and(|h| h.contains("\"FloodDone\"")))
+        .any(|(_, e)| field(e, "headers").is_some_and(|h| h.contains("\"FloodDone\"")))
 }
 
 /// The `Seq`s of the flood's UserEvents in `stream`, and the entries in all.
 fn flood_seqs(conn: &mut redis::Connection, stream: &str) -> (Vec<u64>, usize) {
-    let (mut seqs, mut frames) = (Vec::new(), 0);
-    let mut start = "-".to_owned();
-    loop {
-        let batch: Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(20_000)
-            .query(conn)
-            .unwrap();
-        let Value::Array(items) = &batch else {
-            break;
-        };
-        let Some(Value::Array(last)) = items.last() else {
-            break;
-        };
-        start = format!("({}", text(&last[0]));
-        for entry in entries(&batch) {
-            frames += 1;
-            let Some(headers) = field(&entry, "headers") else {
-                continue;
-            };
-            if !headers.contains("[\"UserEvent\",\"Flood\"]") {
-                continue;
-            }
-            let headers: serde_json::Value = serde_json::from_str(headers).unwrap();
-            let seq = headers
-                .as_array()
-                .unwrap()
+    let all = read_all(conn, stream);
+    let seqs = all
+        .iter()
+        .filter_map(|(_, entry)| field(entry, "headers"))
+        .filter(|headers| headers.contains("[\"UserEvent\",\"Flood\"]"))
+        .filter_map(|headers| {
+            let headers: serde_json::Value = serde_json::from_str(headers).ok()?;
+            headers
+                .as_array()?
                 .iter()
                 .find(|kv| kv[0] == "Seq")
-                .and_then(|kv| kv[1].as_str()?.parse::<u64>().ok());
-            seqs.extend(seq);
-        }
-    }
-    (seqs, frames)
+                .and_then(|kv| kv[1].as_str()?.parse::<u64>().ok())
+        })
+        .collect();
+    (seqs, all.len())
 }
 
 /// One `Ping` through Redis: its round trip (the request's `XADD` to its completion
@@ -427,7 +350,7 @@ fn ping(conn: &mut redis::Connection) -> Option<Duration> {
     let Some(Value::Array(stream)) = streams.first() else {
         return None;
     };
-    let entry = entries(stream.get(1)?).into_iter().next()?;
+    let (_, entry) = entries(stream.get(1)?).into_iter().next()?;
     (field(&entry, "status") == Some("ok")).then_some(rtt)
 }
 

@@ -122,3 +122,104 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// One stream entry: its ID and its fields in order.
+pub type Entry = (String, Vec<(String, String)>);
+
+impl RedisServer {
+    /// A client connection (reads may block 40 s: longer than any `BLOCK` a test
+    /// sends).
+    ///
+    /// # Panics
+    /// When it cannot connect within 5 s.
+    pub fn connect(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("a redis URL");
+        let connection = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("a connection to the test's redis");
+        connection
+            .set_read_timeout(Some(Duration::from_secs(40)))
+            .expect("a read timeout");
+        connection
+    }
+}
+
+/// A reply as text (a bulk or simple string, an integer; anything else in debug form).
+pub fn text(value: &redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A flat `[k, v, k, v, ...]` list (or a map) as pairs.
+pub fn pairs(value: &redis::Value) -> Vec<(String, String)> {
+    match value {
+        redis::Value::Array(kv) => kv
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (text(&c[0]), text(&c[1])))
+            .collect(),
+        redis::Value::Map(kv) => kv.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The entries of an `XRANGE`-shaped reply (`[[id, [k, v, ...]], ...]`).
+pub fn entries(value: &redis::Value) -> Vec<Entry> {
+    let redis::Value::Array(items) = value else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            redis::Value::Array(parts) if parts.len() == 2 => {
+                Some((text(&parts[0]), pairs(&parts[1])))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every entry of `stream`, oldest first (read 20,000 at a time).
+///
+/// # Panics
+/// When Redis fails.
+pub fn read_all(connection: &mut redis::Connection, stream: &str) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(20_000)
+            .query(connection)
+            .expect("XRANGE");
+        let batch = entries(&reply);
+        let Some((last, _)) = batch.last() else {
+            return out;
+        };
+        start = format!("({last}");
+        out.extend(batch);
+    }
+}
+
+/// The value of `key` among an entry's fields.
+pub fn field<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `XLEN stream` (0 while Redis does not answer).
+pub fn xlen(connection: &mut redis::Connection, stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query(connection)
+        .unwrap_or(0)
+}
