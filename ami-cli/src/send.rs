@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use ami_mio::{Driver, ServerId, WaitError};
-use ami_proto::action::EventMask;
+use ami_proto::action::{EventMask, Strategy};
 use ami_proto::{Action, ActionError, Message, Reply};
 use serde_json::{Value, json};
 
@@ -54,16 +54,27 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 /// How long a one-shot command waits for the login.
 const LOGIN_WAIT: Duration = Duration::from_secs(30);
 
-/// Connects to one server with events off and waits for the login.
+/// The events a one-shot session asks for: none, unless the action completes with an
+/// event (an async `Originate`'s `OriginateResponse`, class `call`), which Asterisk
+/// sends only to sessions that take that class.
+fn events_for(action: &Action) -> EventMask {
+    match action.strategy() {
+        Strategy::AsyncOriginate { .. } => EventMask::Classes(vec!["call".into()]),
+        _ => EventMask::Off,
+    }
+}
+
+/// Connects to one server with the events `events` and waits for the login.
 fn connect(
     config: &ConfigArg,
     server: Option<&str>,
+    events: EventMask,
 ) -> Result<(Driver, ServerId, String), CliError> {
     init_logging();
     let file = config.load()?;
     let keys = select(&file, server, false)?;
     // One-shot commands want their reply, not the event stream.
-    let (mut driver, ids) = driver_for(&file, &keys, |c| c.events = EventMask::Off)?;
+    let (mut driver, ids) = driver_for(&file, &keys, |c| c.events = events.clone())?;
     let id = ids[0];
     driver
         .connect(id)
@@ -119,7 +130,8 @@ pub fn run_send(args: &SendArgs) -> Result<(), CliError> {
     }
     // The strategy the typed action of that name would use.
     let action = action.with_typed_strategy();
-    let (mut driver, id, server) = connect(&args.config, args.server.as_deref())?;
+    let (mut driver, id, server) =
+        connect(&args.config, args.server.as_deref(), events_for(&action))?;
     let result = driver.send_and_wait(id, action);
     finish(&mut driver);
     let (value, failed) = match &result {
@@ -139,7 +151,7 @@ pub fn run_send(args: &SendArgs) -> Result<(), CliError> {
 
 /// Runs `ami command`: prints the output lines; exits non-zero on an error.
 pub fn run_command(args: &CommandArgs) -> Result<(), CliError> {
-    let (mut driver, id, _) = connect(&args.config, args.server.as_deref())?;
+    let (mut driver, id, _) = connect(&args.config, args.server.as_deref(), EventMask::Off)?;
     let result = driver.send_and_wait(id, ami_proto::action::Command::new(args.command.clone()));
     finish(&mut driver);
     // An unknown command is a `Response: Error` whose output says why: show it.
@@ -159,6 +171,20 @@ pub fn run_command(args: &CommandArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_action_completed_by_an_event_asks_for_events() {
+        let originate = Action::new("Originate")
+            .header("Async", "true")
+            .with_typed_strategy();
+        assert_eq!(
+            events_for(&originate),
+            EventMask::Classes(vec!["call".into()])
+        );
+        let sync = Action::new("Originate").with_typed_strategy();
+        assert_eq!(events_for(&sync), EventMask::Off);
+        assert_eq!(events_for(&Action::new("Ping")), EventMask::Off);
+    }
 
     #[test]
     fn headers_parse_as_key_equals_value() {

@@ -22,6 +22,8 @@ mod request;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ami_proto::action::EventMask;
+
 use crate::CliError;
 use crate::listen::{self, Companion, LoopSettings, outlet_bounds};
 use crate::outlet::OutletQueue;
@@ -60,6 +62,24 @@ pub fn run(args: &GatewayArgs) -> Result<(), CliError> {
         }
         args.servers.clone()
     };
+    for key in &keys {
+        let events = &file.servers[key].connection.events;
+        let takes_call = match events {
+            EventMask::On => true,
+            EventMask::Off => false,
+            EventMask::Classes(classes) => classes
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case("call") || c.eq_ignore_ascii_case("all")),
+        };
+        if !takes_call {
+            tracing::warn!(
+                server_key = %key,
+                %events,
+                "this server's session does not take `call` events: an async Originate \
+                 through the gateway will time out waiting for its OriginateResponse"
+            );
+        }
+    }
     let settings = file.gateway.clone();
     let events_link = Link::new(&settings.redis_url, "events")
         .map_err(|e| CliError::Usage(format!("gateway.redis_url: {e}")))?;
