@@ -19,6 +19,8 @@
 //!   returned as values.
 //! - [`health`]: the per-server health states (plan §15 plus circuit-open).
 //! - [`routing`]: explicit, round-robin, failover and health-aware server selection.
+//! - [`calls`]: the call tracker, from a server's events to one [`CallEnded`] record
+//!   per call (outcome, cause, ring and talk time).
 //! - [`reconnect`]: a per-server [`reconnect::Reconnector`] combining backoff and circuit.
 //! - [`node`]: one server's session across reconnects ([`Node`]): the core's
 //!   `Connection` plus reconnect, health and metrics.
@@ -28,6 +30,7 @@
 //! - [`metrics`]: per-server metric snapshots and their Prometheus text format.
 
 pub mod backoff;
+pub mod calls;
 pub mod circuit;
 pub mod client;
 pub mod cluster;
@@ -40,6 +43,7 @@ pub mod routing;
 pub use ami_proto::rng;
 
 pub use backoff::{Backoff, BackoffConfig};
+pub use calls::{CallCounters, CallEnded, CallTracker, Outcome, TrackerConfig};
 pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Transition};
 pub use client::{ClientCore, ClientOutput, NotReady, Readiness, Refused, Ticket};
 pub use cluster::{Cluster, ClusterConfig, ClusterError, RouteError, ServerId};
