@@ -443,6 +443,9 @@ pub struct GatewaySettings {
     pub events_maxlen: usize,
     /// `status_stream`: health, dropped, session lost and back (`ami:status`).
     pub status_stream: String,
+    /// `calls_stream`: each server's ended calls (`ami:calls:{server}`; it must
+    /// contain `{server}`).
+    pub calls_stream: String,
     /// `actions_stream`: the stream every gateway of the group reads requests from
     /// (`ami:actions`).
     pub actions_stream: String,
@@ -468,6 +471,7 @@ impl Default for GatewaySettings {
             events_stream: "ami:events:{server}".to_owned(),
             events_maxlen: 1_000_000,
             status_stream: "ami:status".to_owned(),
+            calls_stream: "ami:calls:{server}".to_owned(),
             actions_stream: "ami:actions".to_owned(),
             server_actions_stream: "ami:actions:{server}".to_owned(),
             group: "ami-gateway".to_owned(),
@@ -779,6 +783,7 @@ const GATEWAY_FIELDS: &[Field] = &[
     field("events_stream", Kind::Text),
     count("events_maxlen", 1),
     field("status_stream", Kind::Text),
+    field("calls_stream", Kind::Text),
     field("actions_stream", Kind::Text),
     field("server_actions_stream", Kind::Text),
     field("group", Kind::Text),
@@ -1363,6 +1368,7 @@ struct RawGateway {
     events_stream: Option<String>,
     events_maxlen: Option<usize>,
     status_stream: Option<String>,
+    calls_stream: Option<String>,
     actions_stream: Option<String>,
     server_actions_stream: Option<String>,
     group: Option<String>,
@@ -1376,6 +1382,7 @@ fn build_gateway(raw: RawGateway) -> Result<GatewaySettings, ConfigError> {
     let d = GatewaySettings::default();
     for (key, pattern) in [
         ("events_stream", &raw.events_stream),
+        ("calls_stream", &raw.calls_stream),
         ("server_actions_stream", &raw.server_actions_stream),
     ] {
         if let Some(pattern) = pattern
@@ -1395,6 +1402,7 @@ fn build_gateway(raw: RawGateway) -> Result<GatewaySettings, ConfigError> {
         events_stream: raw.events_stream.unwrap_or(d.events_stream),
         events_maxlen: raw.events_maxlen.unwrap_or(d.events_maxlen),
         status_stream: raw.status_stream.unwrap_or(d.status_stream),
+        calls_stream: raw.calls_stream.unwrap_or(d.calls_stream),
         actions_stream: raw.actions_stream.unwrap_or(d.actions_stream),
         server_actions_stream: raw.server_actions_stream.unwrap_or(d.server_actions_stream),
         group: raw.group.unwrap_or(d.group),

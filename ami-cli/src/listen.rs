@@ -37,6 +37,7 @@ use ami_mio::{Driver, ServerId};
 use ami_proto::State;
 
 use crate::CliError;
+use crate::calls::Calls;
 use crate::config::FileConfig;
 use crate::http::{HttpEndpoint, ServerStatus, Snapshot, Status};
 use crate::json::{WallClock, unix_now};
@@ -68,6 +69,9 @@ pub struct ListenArgs {
     /// Serve the metrics over HTTP on this address (e.g. `127.0.0.1:9100`).
     #[arg(long, value_name = "ADDR", alias = "metrics-addr")]
     pub http_addr: Option<SocketAddr>,
+    /// Add a `call` record to the stream when each call ends (the call tracker).
+    #[arg(long)]
+    pub calls: bool,
     /// The config file.
     #[command(flatten)]
     pub config: ConfigArg,
@@ -96,6 +100,15 @@ type Batch = Rc<RefCell<Vec<Record>>>;
 
 /// Runs `ami listen`.
 pub fn run(args: &ListenArgs) -> Result<(), CliError> {
+    run_with(args, true)
+}
+
+/// Runs `ami calls`: the record stream of `ami listen --calls` without the events.
+pub fn run_calls(args: &ListenArgs) -> Result<(), CliError> {
+    run_with(args, false)
+}
+
+fn run_with(args: &ListenArgs, events: bool) -> Result<(), CliError> {
     init_logging();
     let file = args.config.load()?;
     let keys = select(&file, args.server.as_deref(), args.all)?;
@@ -138,6 +151,8 @@ pub fn run(args: &ListenArgs) -> Result<(), CliError> {
             args.max_iterations
         },
         http_addr: args.http_addr,
+        events,
+        calls: args.calls || !events,
     };
     serve(&file, &keys, &settings, queue, |_, _| Ok(None))
 }
@@ -161,6 +176,10 @@ pub(crate) struct LoopSettings {
     pub max_iterations: Option<u64>,
     /// Serve `/metrics`, `/healthz`, `/status` and `/` here.
     pub http_addr: Option<SocketAddr>,
+    /// Write an `event` record for each event.
+    pub events: bool,
+    /// Track calls: a `call` record when each ends.
+    pub calls: bool,
 }
 
 /// Work that runs beside the loop of [`serve`] and takes part in its shutdown: the
@@ -201,14 +220,21 @@ pub(crate) fn serve(
     let batch: Batch = Rc::default();
     let clock = Rc::new(Cell::new(WallClock::new()));
     let received: Rc<RefCell<EventCounts>> = Rc::default();
+    let calls = settings.calls.then(Calls::default);
     {
         let (batch, clock, received) = (batch.clone(), clock.clone(), received.clone());
+        let (calls, events) = (calls.clone(), settings.events);
         driver.set_event_sink(move |event| {
             received.borrow_mut().count(event.server_key());
-            let received_at = clock.get().unix_seconds(event.received_at);
-            batch
-                .borrow_mut()
-                .push(Record::Event { event, received_at });
+            if let Some(calls) = &calls {
+                calls.handle(&event);
+            }
+            if events {
+                let received_at = clock.get().unix_seconds(event.received_at);
+                batch
+                    .borrow_mut()
+                    .push(Record::Event { event, received_at });
+            }
         });
     }
     let sessions = Sessions::watch(&mut driver, &batch);
@@ -247,6 +273,14 @@ pub(crate) fn serve(
         iterations += 1;
         slow_ticks.check(started.elapsed());
         sessions.report(&driver, &ids, &batch);
+        for server in sessions.back.borrow_mut().drain(..) {
+            if let Some(calls) = &calls {
+                calls.session_back(&mut driver, &server);
+            }
+        }
+        if let Some(calls) = &calls {
+            calls.report(&clock.get(), &mut batch.borrow_mut());
+        }
         if reported.is_none_or(|at| at.elapsed() >= REPORT_INTERVAL) {
             reported = Some(Instant::now());
             drops.report(&driver, &queue, &mut batch.borrow_mut());
@@ -254,6 +288,15 @@ pub(crate) fn serve(
                 let mut metrics = driver.render_prometheus_with(&drops.outlet_samples());
                 if let Some(companion) = &companion {
                     companion.render_metrics(&mut metrics);
+                }
+                if let Some(calls) = &calls {
+                    let (live, evicted) = calls.totals();
+                    metrics.push_str(&format!(
+                        "# HELP ami_calls_live Calls the call tracker follows now.\n\
+                         # TYPE ami_calls_live gauge\nami_calls_live {live}\n\
+                         # HELP ami_calls_evicted_total Calls given up unended (too old, no room).\n\
+                         # TYPE ami_calls_evicted_total counter\nami_calls_evicted_total {evicted}\n"
+                    ));
                 }
                 endpoint.publish(Snapshot {
                     metrics,
@@ -336,15 +379,19 @@ struct Sessions {
     lost: Rc<RefCell<Vec<Arc<str>>>>,
     /// Set once shutdown begins: closing sessions then are not losses.
     shutting_down: Rc<Cell<bool>>,
+    /// Servers whose session came back since the last look.
+    back: Rc<RefCell<Vec<Arc<str>>>>,
 }
 
 impl Sessions {
     fn watch(driver: &mut Driver, batch: &Batch) -> Sessions {
         let lost: Rc<RefCell<Vec<Arc<str>>>> = Rc::default();
+        let back: Rc<RefCell<Vec<Arc<str>>>> = Rc::default();
         let shutting_down = Rc::new(Cell::new(false));
         let was_lost: Rc<RefCell<HashMap<String, bool>>> = Rc::default();
         {
             let (lost, shutting_down, batch) = (lost.clone(), shutting_down.clone(), batch.clone());
+            let back = back.clone();
             driver.on_state_change(move |server, from, to| {
                 tracing::debug!(server_key = server, ?from, ?to, "connection state");
                 let mut was_lost = was_lost.borrow_mut();
@@ -352,6 +399,7 @@ impl Sessions {
                     was_lost.insert(server.to_owned(), true);
                     lost.borrow_mut().push(server.into());
                 } else if to.is_ready() && !from.is_ready() && was_lost.remove(server).is_some() {
+                    back.borrow_mut().push(server.into());
                     batch.borrow_mut().push(Record::SessionBack {
                         server: server.into(),
                         at: unix_now(),
@@ -362,6 +410,7 @@ impl Sessions {
         Sessions {
             lost,
             shutting_down,
+            back,
         }
     }
 

@@ -4,6 +4,7 @@
 //! each subcommand returns `Result<(), CliError>` and this file turns the error into a
 //! message on stderr and an exit code.
 
+mod calls;
 mod config;
 mod decode;
 mod demo;
@@ -44,6 +45,9 @@ enum Task {
     Decode(decode::DecodeArgs),
     /// Connect, log in, and write every event to stdout as one JSON object per line.
     Listen(listen::ListenArgs),
+    /// Follow every call of the servers and write one JSON record per call when it
+    /// ends (outcome, cause, ring and talk time); `ami listen --calls` without events.
+    Calls(listen::ListenArgs),
     /// Own the servers' AMI connections and bridge them to Redis Streams: events and
     /// status out, actions in, completions back.
     Gateway(gateway::GatewayArgs),
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(&args),
         Task::Listen(args) => listen::run(&args),
         Task::Gateway(args) => gateway::run(&args),
+        Task::Calls(args) => listen::run_calls(&args),
         Task::Send(args) => send::run_send(&args),
         Task::Command(args) => send::run_command(&args),
     };

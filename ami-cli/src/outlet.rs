@@ -81,6 +81,19 @@ pub enum Record {
         /// When, UNIX seconds.
         at: f64,
     },
+    /// A call ended (the call tracker's record; `ami calls`, `ami listen --calls`).
+    Call {
+        /// The server key.
+        server: Arc<str>,
+        /// What the tracker saw of it.
+        call: Box<ami_mio::ami_cluster::CallEnded>,
+        /// Its start, answer and end, UNIX seconds.
+        created_at: f64,
+        /// When it was answered, UNIX seconds.
+        answered_at: Option<f64>,
+        /// When it ended, UNIX seconds.
+        ended_at: f64,
+    },
     /// A server is logged in again after a lost session.
     SessionBack {
         /// The server key.
@@ -144,6 +157,14 @@ impl Record {
                 json::seconds(out, *at);
                 out.push(b'}');
             }
+            Record::Call { .. } => {
+                let object: serde_json::Map<String, serde_json::Value> = self
+                    .call_fields()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect();
+                out.extend_from_slice(serde_json::Value::Object(object).to_string().as_bytes());
+            }
             Record::SessionBack { server, at } => {
                 out.extend_from_slice(b"{\"type\":\"session_back\",\"server\":");
                 json::string(out, server);
@@ -153,6 +174,44 @@ impl Record {
             }
         }
         out.push(b'\n');
+    }
+
+    /// A call record's fields, in the order of the README's schema (`None` values for
+    /// what is not known). Empty for other records.
+    pub fn call_fields(&self) -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::{Value, json};
+        let Record::Call {
+            server,
+            call,
+            created_at,
+            answered_at,
+            ended_at,
+        } = self
+        else {
+            return Vec::new();
+        };
+        vec![
+            ("type", json!("call")),
+            ("server", json!(&**server)),
+            ("outcome", json!(call.outcome.as_str())),
+            ("cause", json!(call.cause)),
+            ("cause_txt", json!(call.cause_txt)),
+            ("originate_reason", json!(call.originate_reason)),
+            ("action_id", json!(call.action_id)),
+            ("uniqueid", json!(call.uniqueid)),
+            ("linkedid", json!(call.linkedid)),
+            ("channel", json!(call.channels.first())),
+            ("channels", json!(call.channels)),
+            ("created_at", json!(created_at)),
+            ("answered_at", json!(answered_at)),
+            ("ended_at", json!(ended_at)),
+            ("ring_ms", json!(call.ring_ms())),
+            ("talk_ms", json!(call.talk_ms())),
+            (
+                "variables",
+                Value::Array(call.variables.iter().map(|(k, v)| json!([k, v])).collect()),
+            ),
+        ]
     }
 
     /// A status record's fields, as the gateway's status stream carries them: `type`,
@@ -166,6 +225,16 @@ impl Record {
         };
         Some(match self {
             Record::Event { .. } => return None,
+            // A call's fields: strings as they are, numbers as text, unknowns left out.
+            Record::Call { .. } => self
+                .call_fields()
+                .into_iter()
+                .filter_map(|(k, v)| match v {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some((k, s)),
+                    other => Some((k, other.to_string())),
+                })
+                .collect(),
             Record::Health {
                 server,
                 from,

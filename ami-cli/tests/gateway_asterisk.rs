@@ -429,6 +429,18 @@ fn actions_round_trip_through_redis() {
     };
     assert_eq!(text(&summary[0]), "0", "pending requests left: {summary:?}");
     gw.wait_metric("ami_gateway_requests_total", "outcome=\"invalid\"", 4.0);
+    // The calls the Originates placed, in the server's calls stream.
+    wait_until(
+        Duration::from_secs(20),
+        "the answered and busy calls",
+        || {
+            let outcomes: Vec<String> = read_all(&mut conn, "ami:calls:pbx")
+                .into_iter()
+                .filter_map(|(_, f)| f.get("outcome").cloned())
+                .collect();
+            outcomes.contains(&"answered".to_owned()) && outcomes.contains(&"busy".to_owned())
+        },
+    );
     assert!(
         gw.log().contains("request without reply_to"),
         "{}",

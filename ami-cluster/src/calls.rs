@@ -291,7 +291,9 @@ impl CallTracker {
         let Some(mut key) = self.by_action.remove(action_id) else {
             return;
         };
-        let reason = event.get("Reason").and_then(|r| r.trim().parse::<u16>().ok());
+        let reason = event
+            .get("Reason")
+            .and_then(|r| r.trim().parse::<u16>().ok());
         // Matched by Uniqueid: the call the channel already belongs to.
         if let Some(uid) = event.get("Uniqueid")
             && let Some(channel_key) = self.channels.get(uid).cloned()
@@ -334,7 +336,11 @@ impl CallTracker {
                 self.counters.evicted += 1;
                 self.end(&key, now, Some(Outcome::Unknown));
             } else {
-                let ended = self.calls.get(&key).and_then(|c| c.ending).map(|(at, _)| at);
+                let ended = self
+                    .calls
+                    .get(&key)
+                    .and_then(|c| c.ending)
+                    .map(|(at, _)| at);
                 self.end(&key, ended.unwrap_or(now), None);
             }
         }
@@ -448,7 +454,11 @@ impl CallTracker {
         let Some(placeholder) = self.calls.remove(from) else {
             return;
         };
-        for key in self.by_action.values_mut().chain(self.expected.values_mut()) {
+        for key in self
+            .by_action
+            .values_mut()
+            .chain(self.expected.values_mut())
+        {
             if key == from {
                 *key = into.to_owned();
             }
@@ -489,8 +499,14 @@ impl CallTracker {
             return;
         };
         call.live.retain(|u| u != uid);
-        if let Some(code) = event.get("Cause").and_then(|c| c.trim().parse::<u16>().ok()) {
-            let better = call.cause.as_ref().is_none_or(|(old, _)| telling(code) > telling(*old));
+        if let Some(code) = event
+            .get("Cause")
+            .and_then(|c| c.trim().parse::<u16>().ok())
+        {
+            let better = call
+                .cause
+                .as_ref()
+                .is_none_or(|(old, _)| telling(code) > telling(*old));
             if better {
                 call.cause = Some((code, event.get("Cause-txt").map(str::to_owned)));
             }

@@ -2,6 +2,9 @@
 //! channels, as the sandbox's dialplan makes them), and under any order, duplication
 //! or loss of events (property tests).
 
+// Tests make their own start instant; the tracker itself never reads the clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant};
 
 use ami_cluster::{CallTracker, Outcome, TrackerConfig};
@@ -58,7 +61,10 @@ fn response(action_id: &str, reason: &str, uid: &str) -> Message {
     msg(&[
         ("Event", "OriginateResponse"),
         ("ActionID", action_id),
-        ("Response", if reason == "4" { "Success" } else { "Failure" }),
+        (
+            "Response",
+            if reason == "4" { "Success" } else { "Failure" },
+        ),
         ("Reason", reason),
         ("Uniqueid", uid),
     ])
@@ -69,7 +75,12 @@ fn an_answered_originate_has_its_times_reason_and_variables() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let mut tracker = CallTracker::new(TrackerConfig::default());
-    tracker.originate("a-1", Some("c1"), vec![("CAMPAIGN".into(), "7".into())], at(0));
+    tracker.originate(
+        "a-1",
+        Some("c1"),
+        vec![("CAMPAIGN".into(), "7".into())],
+        at(0),
+    );
     tracker.handle_event(&newchannel("c1", "c1", "Local/answer@test-1;1"), at(10));
     tracker.handle_event(&newchannel("c2", "c1", "Local/answer@test-1;2"), at(11));
     tracker.handle_event(&newstate("c2", "c1", "6"), at(1_500));
@@ -100,7 +111,10 @@ fn a_busy_call_ending_before_its_response_waits_for_the_reason() {
     tracker.handle_event(&newchannel("b2", "b1", "Local/busy@test-2;2"), t0);
     tracker.handle_event(&hangup("b2", "b1", "17", "User busy"), t0);
     tracker.handle_event(&hangup("b1", "b1", "17", "User busy"), t0);
-    assert!(tracker.poll_ended().is_none(), "waits for the OriginateResponse");
+    assert!(
+        tracker.poll_ended().is_none(),
+        "waits for the OriginateResponse"
+    );
     tracker.handle_event(&response("a-2", "5", "b1"), t0 + Duration::from_millis(5));
     let call = tracker.poll_ended().unwrap();
     assert_eq!(call.outcome, Outcome::Busy);
@@ -122,7 +136,11 @@ fn causes_decide_the_outcome_of_unanswered_calls() {
         let mut tracker = CallTracker::new(TrackerConfig::default());
         tracker.handle_event(&newchannel("x", "x", "PJSIP/1-1"), t0);
         tracker.handle_event(&hangup("x", "x", cause, "t"), t0);
-        assert_eq!(tracker.poll_ended().unwrap().outcome, outcome, "cause {cause}");
+        assert_eq!(
+            tracker.poll_ended().unwrap().outcome,
+            outcome,
+            "cause {cause}"
+        );
     }
 }
 
@@ -159,27 +177,32 @@ fn a_reseed_ends_the_calls_that_went_away_and_adopts_the_live_ones() {
     let mut tracker = CallTracker::new(TrackerConfig::default());
     tracker.handle_event(&newchannel("gone", "gone", "PJSIP/1-1"), t0);
     tracker.handle_event(&newchannel("kept", "kept", "PJSIP/2-1"), t0);
-    let live = [msg(&[
-        ("Event", "CoreShowChannel"),
-        ("Channel", "PJSIP/2-1"),
-        ("Uniqueid", "kept"),
-        ("Linkedid", "kept"),
-        ("ChannelState", "6"),
-    ]),
-    msg(&[
-        ("Event", "CoreShowChannel"),
-        ("Channel", "PJSIP/3-1"),
-        ("Uniqueid", "new"),
-        ("Linkedid", "new"),
-        ("ChannelState", "6"),
-    ])];
+    let live = [
+        msg(&[
+            ("Event", "CoreShowChannel"),
+            ("Channel", "PJSIP/2-1"),
+            ("Uniqueid", "kept"),
+            ("Linkedid", "kept"),
+            ("ChannelState", "6"),
+        ]),
+        msg(&[
+            ("Event", "CoreShowChannel"),
+            ("Channel", "PJSIP/3-1"),
+            ("Uniqueid", "new"),
+            ("Linkedid", "new"),
+            ("ChannelState", "6"),
+        ]),
+    ];
     tracker.reseed(&live, t0 + Duration::from_secs(5));
     let gone = tracker.poll_ended().unwrap();
     assert_eq!(gone.uniqueid.as_deref(), Some("gone"));
     assert_eq!(gone.outcome, Outcome::Unknown);
     assert_eq!(tracker.counters().lost, 1);
     assert_eq!(tracker.live_calls(), 2);
-    tracker.handle_event(&hangup("new", "new", "16", "Normal Clearing"), t0 + Duration::from_secs(9));
+    tracker.handle_event(
+        &hangup("new", "new", "16", "Normal Clearing"),
+        t0 + Duration::from_secs(9),
+    );
     assert_eq!(tracker.poll_ended().unwrap().outcome, Outcome::Answered);
 }
 
@@ -205,7 +228,11 @@ fn stale_and_surplus_calls_are_evicted_and_counted() {
         .map(|c| c.outcome)
         .collect();
     assert_eq!(outcomes, [Outcome::Unknown; 3]);
-    assert_eq!(tracker.counters().records_dropped, 2, "the queue holds max_calls");
+    assert_eq!(
+        tracker.counters().records_dropped,
+        2,
+        "the queue holds max_calls"
+    );
 }
 
 /// One step of a random event sequence.

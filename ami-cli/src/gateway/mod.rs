@@ -87,6 +87,7 @@ pub fn run(args: &GatewayArgs) -> Result<(), CliError> {
     let outlet = RedisOutlet::new(
         events_link,
         &settings.events_stream,
+        &settings.calls_stream,
         &settings.status_stream,
         settings.events_maxlen,
     );
@@ -96,6 +97,8 @@ pub fn run(args: &GatewayArgs) -> Result<(), CliError> {
         tick: Duration::from_millis(args.tick_timeout_ms.unwrap_or(file.listen.tick_timeout_ms)),
         max_iterations: None,
         http_addr: args.http_addr,
+        events: true,
+        calls: true,
     };
     tracing::info!(
         servers = ?keys,

@@ -5,7 +5,8 @@
 //!   fields `server`, `name`, `received_at`, `headers` (a JSON array of pairs in wire
 //!   order), trimmed with `MAXLEN ~ events_maxlen`.
 //! - A status record goes to `gateway.status_stream` with its `type` and fields
-//!   ([`Record::status_fields`]).
+//!   ([`Record::status_fields`]); a call record to its server's
+//!   `gateway.calls_stream`.
 //!
 //! **Exactly once through Redis failures.** An events stream has one writer (the
 //! gateway that owns its server), so the outlet gives each event its entry ID itself
@@ -49,6 +50,8 @@ pub struct RedisOutlet {
     link: Link,
     /// `gateway.events_stream`, `{server}` standing for the key.
     events_pattern: String,
+    /// `gateway.calls_stream`, `{server}` standing for the key.
+    calls_pattern: String,
     status_stream: String,
     maxlen: String,
     streams: HashMap<Arc<str>, Stream>,
@@ -87,10 +90,17 @@ enum Entry {
 
 impl RedisOutlet {
     /// An outlet writing through `link` (`maxlen`: `MAXLEN ~` of every stream).
-    pub fn new(link: Link, events_pattern: &str, status_stream: &str, maxlen: usize) -> Self {
+    pub fn new(
+        link: Link,
+        events_pattern: &str,
+        calls_pattern: &str,
+        status_stream: &str,
+        maxlen: usize,
+    ) -> Self {
         RedisOutlet {
             link,
             events_pattern: events_pattern.to_owned(),
+            calls_pattern: calls_pattern.to_owned(),
             status_stream: status_stream.to_owned(),
             maxlen: maxlen.to_string(),
             streams: HashMap::new(),
@@ -176,36 +186,50 @@ impl RedisOutlet {
         Ok(())
     }
 
-    /// Marks each status record in doubt as done when the status stream's last
+    /// The stream a record other than an event goes to: its server's calls stream
+    /// for a call, else the status stream.
+    fn record_stream(&self, record: &Record) -> String {
+        match record {
+            Record::Call { server, .. } => self.calls_pattern.replace("{server}", server),
+            _ => self.status_stream.clone(),
+        }
+    }
+
+    /// Marks each status or call record in doubt as done when its stream's last
     /// entries hold one with its fields, else as waiting.
     fn check_status(&mut self, records: &[Record], states: &mut [Entry]) -> RedisResult<()> {
-        let doubt: Vec<usize> = (0..records.len())
-            .filter(|&i| states[i] == Entry::InDoubt && records[i].event().is_none())
-            .collect();
-        if doubt.is_empty() {
-            return Ok(());
+        let mut doubt: HashMap<String, Vec<usize>> = HashMap::new();
+        for i in 0..records.len() {
+            if states[i] == Entry::InDoubt && records[i].event().is_none() {
+                doubt
+                    .entry(self.record_stream(&records[i]))
+                    .or_default()
+                    .push(i);
+            }
         }
-        let Some(connection) = self.link.get(&self.never) else {
-            return Ok(());
-        };
-        let recent: Value = redis::cmd("XREVRANGE")
-            .arg(&self.status_stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(10_000)
-            .query(connection)?;
-        let entries = entry_fields(&recent);
-        for i in doubt {
-            let fields = records[i].status_fields().unwrap_or_default();
-            let found = entries.iter().any(|entry| {
-                entry.len() == fields.len()
-                    && entry
-                        .iter()
-                        .zip(&fields)
-                        .all(|((k, v), (fk, fv))| k == fk && v == fv)
-            });
-            states[i] = if found { Entry::Done } else { Entry::Waiting };
+        for (stream, indexes) in doubt {
+            let Some(connection) = self.link.get(&self.never) else {
+                return Ok(());
+            };
+            let recent: Value = redis::cmd("XREVRANGE")
+                .arg(&stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(10_000)
+                .query(connection)?;
+            let entries = entry_fields(&recent);
+            for i in indexes {
+                let fields = records[i].status_fields().unwrap_or_default();
+                let found = entries.iter().any(|entry| {
+                    entry.len() == fields.len()
+                        && entry
+                            .iter()
+                            .zip(&fields)
+                            .all(|((k, v), (fk, fv))| k == fk && v == fv)
+                });
+                states[i] = if found { Entry::Done } else { Entry::Waiting };
+            }
         }
         Ok(())
     }
@@ -255,7 +279,7 @@ impl RedisOutlet {
             status => {
                 command
                     .arg("XADD")
-                    .arg(&self.status_stream)
+                    .arg(self.record_stream(status))
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(&self.maxlen)
@@ -481,7 +505,13 @@ mod tests {
     #[test]
     fn ids_increase_within_a_millisecond_and_never_go_back() {
         let link = Link::new("redis://127.0.0.1:1", "test").unwrap();
-        let mut outlet = RedisOutlet::new(link, "ami:events:{server}", "ami:status", 10);
+        let mut outlet = RedisOutlet::new(
+            link,
+            "ami:events:{server}",
+            "ami:calls:{server}",
+            "ami:status",
+            10,
+        );
         let server: Arc<str> = "pbx".into();
         assert_eq!(outlet.next_id(&server, 100), (100, 0));
         assert_eq!(outlet.next_id(&server, 100), (100, 1));
