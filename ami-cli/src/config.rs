@@ -67,6 +67,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ami_mio::ami_cluster::PacingConfig;
 use ami_proto::action::EventMask;
 use ami_proto::redact::{RedactError, Redactor};
 use ami_proto::{AuthMethod, Config, Limits, Secret};
@@ -270,6 +271,8 @@ pub struct ServerSettings {
     /// The connection settings: credentials, `auth`, `events`, the `[options]`
     /// limits and timeouts, and this server's overrides of them.
     pub connection: Config,
+    /// The call pacing of this server: `[options]`'s, with its own keys over them.
+    pub pacing: PacingConfig,
 }
 
 /// The `[options]` table: settings shared by every server, with the seeds'
@@ -318,6 +321,10 @@ pub struct Options {
     /// `memory_limit` in bytes (134,217,728): what the process may hold for all its
     /// servers together (see `ami_proto::budget`).
     pub memory_limit: usize,
+    /// `max_calls_per_second`, `calls_burst` (1), `max_concurrent_calls`: how fast
+    /// `ami originate` starts calls on each server, and how many may be up at once
+    /// (no limits by default); a server's own keys override them.
+    pub pacing: PacingConfig,
 }
 
 impl Default for Options {
@@ -346,6 +353,7 @@ impl Default for Options {
             blocked_events: Vec::new(),
             priority_events: Vec::new(),
             memory_limit: ami_proto::budget::DEFAULT_MEMORY_LIMIT,
+            pacing: PacingConfig::default(),
         }
     }
 }
@@ -592,6 +600,9 @@ enum Kind {
     /// fits a `Duration`; zero only when `zero_ok`. Normalized to a float. A
     /// duration too long for a deadline means no deadline (the core's rule).
     Secs { zero_ok: bool },
+    /// A positive number (integer or decimal, or a string holding one), e.g. calls per
+    /// second. Normalized to a float.
+    Rate,
     /// Names: an array of strings, or one comma-separated string.
     Names,
     /// Regular expressions: an array of strings.
@@ -620,6 +631,7 @@ impl Kind {
                 }
             }
             Kind::Secs { zero_ok: false } => "a number of seconds > 0".to_owned(),
+            Kind::Rate => "a number > 0".to_owned(),
             Kind::Secs { zero_ok: true } => "a number of seconds >= 0 (0 disables)".to_owned(),
             Kind::Names => "an array of names or a comma-separated string".to_owned(),
             Kind::Patterns => "an array of non-empty strings".to_owned(),
@@ -697,6 +709,9 @@ const SERVER_FIELDS: &[Field] = &[
     seconds("connect_timeout"),
     seconds("read_timeout"),
     count("write_buffer_limit", 1),
+    field("max_calls_per_second", Kind::Rate),
+    count("calls_burst", 1),
+    count("max_concurrent_calls", 1),
 ];
 
 /// Server keys that `AMI_<SERVER>_<KEY>` overrides.
@@ -757,6 +772,9 @@ const OPTION_FIELDS: &[Field] = &[
             max: i64::MAX,
         },
     ),
+    field("max_calls_per_second", Kind::Rate),
+    count("calls_burst", 1),
+    count("max_concurrent_calls", 1),
 ];
 
 /// Keys of `[listen]`.
@@ -1036,6 +1054,18 @@ fn normalize(
             };
             match secs {
                 Some(s) if ok(s) => Value::Float(s),
+                _ => return Err(refuse(&value)),
+            }
+        }
+        (Kind::Rate, _) => {
+            let rate = match &value {
+                Value::Integer(n) => Some(*n as f64),
+                Value::Float(f) => Some(*f),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            match rate {
+                Some(r) if r.is_finite() && r > 0.0 => Value::Float(r),
                 _ => return Err(refuse(&value)),
             }
         }
@@ -1324,6 +1354,9 @@ struct RawServer {
     connect_timeout: Option<f64>,
     read_timeout: Option<f64>,
     write_buffer_limit: Option<usize>,
+    max_calls_per_second: Option<f64>,
+    calls_burst: Option<u32>,
+    max_concurrent_calls: Option<usize>,
 }
 
 /// The normalized `[options]` table.
@@ -1350,6 +1383,9 @@ struct RawOptions {
     blocked_events: Option<Vec<String>>,
     priority_events: Option<Vec<String>>,
     memory_limit: Option<usize>,
+    max_calls_per_second: Option<f64>,
+    calls_burst: Option<u32>,
+    max_concurrent_calls: Option<usize>,
 }
 
 /// The normalized `[listen]` table.
@@ -1503,6 +1539,11 @@ fn build_options(raw: RawOptions) -> Result<Options, ConfigError> {
         blocked_events: raw.blocked_events.unwrap_or(d.blocked_events),
         priority_events: raw.priority_events.unwrap_or(d.priority_events),
         memory_limit: raw.memory_limit.unwrap_or(d.memory_limit),
+        pacing: PacingConfig {
+            max_calls_per_second: raw.max_calls_per_second,
+            calls_burst: raw.calls_burst.unwrap_or(d.pacing.calls_burst),
+            max_concurrent_calls: raw.max_concurrent_calls,
+        },
     };
     // Each pattern alone, so that the error names its key and index.
     let none: [&str; 0] = [];
@@ -1628,8 +1669,18 @@ fn build_server(
         ConfigError::Unworkable { key, source }
     })?;
 
+    let pacing = PacingConfig {
+        max_calls_per_second: raw
+            .max_calls_per_second
+            .or(options.pacing.max_calls_per_second),
+        calls_burst: raw.calls_burst.unwrap_or(options.pacing.calls_burst),
+        max_concurrent_calls: raw
+            .max_concurrent_calls
+            .or(options.pacing.max_concurrent_calls),
+    };
     Ok(ServerSettings {
         key,
+        pacing,
         host: raw.host,
         port: raw.port.unwrap_or(5038),
         tls,

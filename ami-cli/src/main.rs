@@ -12,6 +12,7 @@ mod gateway;
 mod http;
 mod json;
 mod listen;
+mod originate;
 mod outlet;
 mod send;
 mod worker;
@@ -51,6 +52,9 @@ enum Task {
     /// Own the servers' AMI connections and bridge them to Redis Streams: events and
     /// status out, actions in, completions back.
     Gateway(gateway::GatewayArgs),
+    /// Place calls of one shape on one server, paced by its limits, and print one JSON
+    /// record per call when it ends.
+    Originate(originate::OriginateArgs),
     /// Send one action and print its completion as JSON.
     Send(send::SendArgs),
     /// Run a CLI command on Asterisk and print its output lines.
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
         Task::Listen(args) => listen::run(&args),
         Task::Gateway(args) => gateway::run(&args),
         Task::Calls(args) => listen::run_calls(&args),
+        Task::Originate(args) => originate::run(&args),
         Task::Send(args) => send::run_send(&args),
         Task::Command(args) => send::run_command(&args),
     };

@@ -19,18 +19,14 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ami_mio::{Driver, ServerSpec};
-use ami_proto::Config;
-use ami_proto::action::EventMask;
 use ami_tests::asterisk::{Flooder, asterisk, unique_id};
 use ami_tests::redis::{Entry, RedisServer, entries, field, read_all as read_entries, text, xlen};
 use redis::{Commands, Value};
-use support::{Ami, free_port, wait_until};
+use support::{Ami, ChannelWatch, free_port, wait_until};
 
 /// UserEvents of the flood that must arrive whole.
 const COUNT: u64 = 100_000;
@@ -511,70 +507,6 @@ fn requests_beyond_max_in_flight_wait_in_redis() {
             .find(|kv| kv[0] == "Reason")
             .map(|kv| kv[1].clone());
         assert_eq!(reason, Some(serde_json::json!("3")), "{:?}", done[id]);
-    }
-}
-
-/// A session that counts `Newchannel` events by `Uniqueid` (the Originate's
-/// `ChannelId`), on a thread of its own.
-struct ChannelWatch {
-    seen: Arc<Mutex<HashMap<String, u64>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl ChannelWatch {
-    fn start() -> ChannelWatch {
-        let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let ready = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (seen, stop, ready) = (seen.clone(), stop.clone(), ready.clone());
-            thread::spawn(move || {
-                let mut driver = Driver::new().unwrap();
-                let mut config = Config::new("watch", "admin", asterisk().secret.clone());
-                config.events = EventMask::Classes(vec!["call".into()]);
-                let id = driver
-                    .add_server(ServerSpec::new(config, asterisk().endpoint()))
-                    .unwrap();
-                driver.connect(id).unwrap();
-                driver.wait_ready(id, Duration::from_secs(15)).unwrap();
-                driver.on_event("Newchannel", move |event| {
-                    if let Some(uniqueid) = event.get("Uniqueid") {
-                        *seen.lock().unwrap().entry(uniqueid.to_owned()).or_default() += 1;
-                    }
-                });
-                ready.store(1, Ordering::Relaxed);
-                while !stop.load(Ordering::Relaxed) {
-                    driver.tick_all(Duration::from_millis(20));
-                }
-            })
-        };
-        wait_until(Duration::from_secs(20), "the watch logged in", || {
-            ready.load(Ordering::Relaxed) == 1
-        });
-        ChannelWatch {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self, uniqueid: &str) -> u64 {
-        self.seen
-            .lock()
-            .unwrap()
-            .get(uniqueid)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for ChannelWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -285,9 +285,15 @@ impl CallTracker {
     /// An `OriginateResponse` (from the Originate's completion or the event stream):
     /// its `Reason`, and its `Uniqueid` when the Originate set no `ChannelId`.
     pub fn originate_response(&mut self, event: &Message, now: Instant) {
-        let Some(action_id) = event.action_id() else {
-            return;
-        };
+        if let Some(action_id) = event.action_id() {
+            self.originate_response_as(action_id, event, now);
+        }
+    }
+
+    /// [`CallTracker::originate_response`] for the Originate registered as
+    /// `action_id` (when it was registered under an id of the caller's, not the
+    /// ActionID it went out with).
+    pub fn originate_response_as(&mut self, action_id: &str, event: &Message, now: Instant) {
         let Some(mut key) = self.by_action.remove(action_id) else {
             return;
         };
@@ -305,6 +311,10 @@ impl CallTracker {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        // The ActionID it went out with, when it was registered under another id.
+        if let Some(sent_as) = event.action_id() {
+            call.action_id = Some(sent_as.to_owned());
+        }
         call.originate_reason = reason;
         if reason == Some(4) && call.answered.is_none() {
             call.answered = Some(now);

@@ -19,6 +19,7 @@
 //!   returned as values.
 //! - [`health`]: the per-server health states (plan §15 plus circuit-open).
 //! - [`routing`]: explicit, round-robin, failover and health-aware server selection.
+//! - [`pacing`]: calls per second (token bucket) and calls up at once, per server.
 //! - [`calls`]: the call tracker, from a server's events to one [`CallEnded`] record
 //!   per call (outcome, cause, ring and talk time).
 //! - [`reconnect`]: a per-server [`reconnect::Reconnector`] combining backoff and circuit.
@@ -37,6 +38,7 @@ pub mod cluster;
 pub mod health;
 pub mod metrics;
 pub mod node;
+pub mod pacing;
 pub mod reconnect;
 pub mod routing;
 
@@ -52,6 +54,7 @@ pub use metrics::{
     LatencyHistogram, NodeMetrics, render_memory, render_prometheus, render_prometheus_with,
 };
 pub use node::{Node, NodeOutput, Policy};
+pub use pacing::{Admission, Pacer, PacingConfig};
 pub use reconnect::{Decision, Reconnector};
 pub use rng::Rng;
 pub use routing::{NoServerAvailable, Router, Strategy, StrategyKind};

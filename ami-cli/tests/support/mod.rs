@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -211,5 +212,101 @@ impl Drop for Ami {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a [`ChannelWatch`] saw of one channel.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// `Newchannel` or `Hangup`.
+    pub event: &'static str,
+    /// The channel's `Uniqueid` and `Linkedid`.
+    pub uniqueid: String,
+    pub linkedid: String,
+    /// When the watch read it.
+    pub at: Instant,
+}
+
+/// A session of its own to the sandbox Asterisk (`call` events), on a thread of its
+/// own, that notes every `Newchannel` and `Hangup`.
+pub struct ChannelWatch {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ChannelWatch {
+    /// Logs in and starts watching.
+    pub fn start() -> ChannelWatch {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop, ready) = (seen.clone(), stop.clone(), ready.clone());
+            thread::spawn(move || {
+                let a = ami_tests::asterisk::asterisk();
+                let mut driver = ami_mio::Driver::new().unwrap();
+                let mut config = ami_proto::Config::new("watch", "admin", a.secret.clone());
+                config.events = ami_proto::action::EventMask::Classes(vec!["call".into()]);
+                let id = driver
+                    .add_server(ami_mio::ServerSpec::new(config, a.endpoint()))
+                    .unwrap();
+                driver.connect(id).unwrap();
+                driver.wait_ready(id, Duration::from_secs(15)).unwrap();
+                driver.on_any_event(move |event| {
+                    let name = match event.name() {
+                        "Newchannel" => "Newchannel",
+                        "Hangup" => "Hangup",
+                        _ => return,
+                    };
+                    if let (Some(uniqueid), Some(linkedid)) =
+                        (event.get("Uniqueid"), event.get("Linkedid"))
+                    {
+                        seen.lock().unwrap().push(Seen {
+                            event: name,
+                            uniqueid: uniqueid.to_owned(),
+                            linkedid: linkedid.to_owned(),
+                            at: event.received_at,
+                        });
+                    }
+                });
+                ready.store(true, Ordering::Relaxed);
+                while !stop.load(Ordering::Relaxed) {
+                    driver.tick_all(Duration::from_millis(20));
+                }
+            })
+        };
+        wait_until(Duration::from_secs(20), "the watch logged in", || {
+            ready.load(Ordering::Relaxed)
+        });
+        ChannelWatch {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `Newchannel`s seen of the channel `uniqueid`.
+    pub fn count(&self, uniqueid: &str) -> u64 {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.event == "Newchannel" && s.uniqueid == uniqueid)
+            .count() as u64
+    }
+
+    /// Everything seen so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ChannelWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

@@ -1,0 +1,263 @@
+//! `ami originate`: places calls of one shape on one server, paced by the server's
+//! limits (`max_calls_per_second`, `calls_burst`, `max_concurrent_calls`), and prints
+//! one `call` record (the README's schema) per call when it ends.
+//!
+//! Each call is an async `Originate` with a `ChannelId` of its own, so that the call
+//! tracker knows its first channel at once; the session takes the `call` events the
+//! tracker follows. A call counts as up from its Originate to its last hangup, which
+//! is what `max_concurrent_calls` limits.
+
+use std::cell::RefCell;
+use std::io::{self, Write};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ami_mio::ami_cluster::{Admission, CallTracker, Pacer, TrackerConfig};
+use ami_mio::{Driver, ServerId};
+use ami_proto::action::{EventMask, Originate};
+use ami_proto::{ActionError, Reply};
+
+use crate::CliError;
+use crate::json::WallClock;
+use crate::outlet::Record;
+use crate::worker::{ConfigArg, driver_for, init_logging, select};
+
+/// Arguments of `ami originate`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["exten", "app"])))]
+pub struct OriginateArgs {
+    /// The server (default: the config's default server).
+    #[arg(long, value_name = "KEY")]
+    pub server: Option<String>,
+    /// The channel to call, e.g. `PJSIP/100` or `Local/100@from-internal`.
+    pub channel: String,
+    /// Connect the answered call to this extension...
+    #[arg(long, value_name = "EXTEN")]
+    pub exten: Option<String>,
+    /// ...in this context.
+    #[arg(long, value_name = "CONTEXT", default_value = "default")]
+    pub context: String,
+    /// ...at this priority.
+    #[arg(long, value_name = "PRIORITY", default_value = "1")]
+    pub priority: String,
+    /// Or run this application on the answered call...
+    #[arg(long, value_name = "APP", conflicts_with = "exten")]
+    pub app: Option<String>,
+    /// ...with this data.
+    #[arg(long, value_name = "DATA", default_value = "")]
+    pub data: String,
+    /// A channel variable, `K=V` (repeat for more).
+    #[arg(long = "var", value_name = "K=V", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// The caller ID, e.g. `"Sales" <100>`.
+    #[arg(long, value_name = "CID")]
+    pub caller_id: Option<String>,
+    /// How long to ring before giving up, in seconds (Asterisk's default: 30).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// How many calls to place.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u64,
+    /// The config file.
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected K=V, got {text:?}")),
+    }
+}
+
+/// How long `ami originate` waits for the login.
+const LOGIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs `ami originate`: exit 0 when every call ended (whatever its outcome), 1 when
+/// an Originate was refused or timed out.
+pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
+    init_logging();
+    if let Some(t) = args.timeout
+        && !(t.is_finite() && t > 0.0 && t < 86_400.0)
+    {
+        return Err(CliError::Usage(format!(
+            "--timeout: expected seconds > 0, got {t}"
+        )));
+    }
+    let file = args.config.load()?;
+    let keys = select(&file, args.server.as_deref(), false)?;
+    let settings = file
+        .server(&keys[0])
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut pacer = Pacer::new(settings.pacing);
+    let (mut driver, ids) = driver_for(&file, &keys, |c| {
+        c.events = EventMask::Classes(vec!["call".into()]);
+    })?;
+    let id = ids[0];
+    driver
+        .connect(id)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    driver
+        .wait_ready(id, LOGIN_WAIT)
+        .map_err(|e| CliError::Failed(format!("{}: {e}", keys[0])))?;
+
+    let tracker = Rc::new(RefCell::new(CallTracker::new(TrackerConfig::default())));
+    {
+        let tracker = tracker.clone();
+        driver.on_any_event(move |event| {
+            tracker
+                .borrow_mut()
+                .handle_event(&event.message, event.received_at);
+        });
+    }
+    let server: std::sync::Arc<str> = keys[0].as_str().into();
+    let completions: Completions = Rc::default();
+    let (mut placed, mut failures) = (0u64, 0u64);
+    let mut waiting_since = Instant::now();
+    let mut out = io::stdout().lock();
+    let mut line = Vec::new();
+    loop {
+        let now = Instant::now();
+        let mut wait = Duration::from_millis(20);
+        if placed < args.count {
+            let active = tracker.borrow().live_calls();
+            match pacer.admit(now, active, waiting_since) {
+                Admission::Go => {
+                    placed += 1;
+                    waiting_since = now;
+                    if let Err(why) = place(args, &mut driver, id, &tracker, &completions, now) {
+                        tracing::error!(error = %why, "originate refused");
+                        failures += 1;
+                    }
+                    wait = Duration::ZERO;
+                }
+                Admission::WaitUntil(at) => wait = at.saturating_duration_since(now).min(wait),
+                Admission::WaitForCall => {}
+            }
+        }
+        driver.tick_all(wait);
+        let now = Instant::now();
+        for (key, result) in completions.borrow_mut().drain(..) {
+            let mut tracker = tracker.borrow_mut();
+            match result {
+                Ok(reply) => match reply.events.first() {
+                    Some(response) => tracker.originate_response_as(&key, response, now),
+                    None => tracker.originate_failed(&key, now),
+                },
+                Err(error) => {
+                    if matches!(
+                        error,
+                        ActionError::Rejected { .. } | ActionError::Timeout { .. }
+                    ) {
+                        failures += 1;
+                    }
+                    tracing::warn!(%error, channel_id = %key, "originate failed");
+                    tracker.originate_failed(&key, now);
+                }
+            }
+        }
+        let clock = WallClock::new();
+        let mut tracker_ref = tracker.borrow_mut();
+        if tracker_ref.poll_timeout().is_some_and(|at| at <= now) {
+            tracker_ref.handle_timeout(now);
+        }
+        while let Some(call) = tracker_ref.poll_ended() {
+            line.clear();
+            Record::Call {
+                server: server.clone(),
+                created_at: clock.unix_seconds(call.created),
+                answered_at: call.answered.map(|at| clock.unix_seconds(at)),
+                ended_at: clock.unix_seconds(call.ended),
+                call: Box::new(call),
+            }
+            .write_json(&mut line);
+            out.write_all(&line)
+                .and_then(|()| out.flush())
+                .map_err(|e| CliError::io("cannot write to stdout", e))?;
+        }
+        if placed >= args.count && tracker_ref.live_calls() == 0 {
+            break;
+        }
+    }
+    let (admitted, waited) = pacer.totals();
+    tracing::info!(
+        calls = admitted,
+        waited_ms = waited.as_millis() as u64,
+        failures,
+        "calls placed"
+    );
+    driver.shutdown(Duration::from_secs(5));
+    if failures > 0 {
+        return Err(CliError::Failed(format!(
+            "{failures} of {} Originates were refused or timed out",
+            args.count
+        )));
+    }
+    Ok(())
+}
+
+/// Originate completions by the call's ChannelId, as they come.
+type Completions = Rc<RefCell<Vec<(String, Result<Reply, ActionError>)>>>;
+
+/// Sends one Originate and registers it with the tracker.
+fn place(
+    args: &OriginateArgs,
+    driver: &mut Driver,
+    id: ServerId,
+    tracker: &Rc<RefCell<CallTracker>>,
+    completions: &Completions,
+    now: Instant,
+) -> Result<(), ami_proto::SendError> {
+    let channel_id = unique_channel_id();
+    let mut originate = match &args.exten {
+        Some(exten) => Originate::extension(
+            args.channel.clone(),
+            exten.clone(),
+            args.context.clone(),
+            args.priority.as_str(),
+        ),
+        None => Originate::application(
+            args.channel.clone(),
+            args.app.clone().unwrap_or_default(),
+            args.data.clone(),
+        ),
+    }
+    .with_async(true)
+    .with_channel_id(channel_id.clone());
+    for (k, v) in &args.vars {
+        originate = originate.with_variable(k.clone(), v.clone());
+    }
+    if let Some(cid) = &args.caller_id {
+        originate = originate.with_caller_id(cid.clone());
+    }
+    if let Some(t) = args.timeout {
+        originate = originate.with_timeout(Duration::from_secs_f64(t));
+    }
+    tracker
+        .borrow_mut()
+        .originate(&channel_id, Some(&channel_id), args.vars.clone(), now);
+    let done = completions.clone();
+    let key = channel_id.clone();
+    let sent = driver.send(id, originate, move |result| {
+        done.borrow_mut().push((key, result));
+    });
+    if let Err(error) = sent {
+        tracker.borrow_mut().originate_failed(&channel_id, now);
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// A `ChannelId` no other call has: `ami-<pid>-<time>-<n>`.
+fn unique_channel_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!(
+        "ami-{}-{ms}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
