@@ -58,6 +58,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo package (every published crate builds from its package alone)"
+cargo package --workspace --exclude ami-tests --allow-dirty --quiet
 echo "== Asterisk 22 sandbox (the conformance tests talk to it)"
 # A failed start fails the run, never skips.
 # shellcheck source=scripts/sandbox-env.sh

@@ -8,6 +8,7 @@
 //! is what `max_concurrent_calls` limits.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -112,7 +113,9 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
     }
     let server: std::sync::Arc<str> = keys[0].as_str().into();
     let completions: Completions = Rc::default();
-    let (mut placed, mut failures) = (0u64, 0u64);
+    let (mut placed, mut ended, mut failures) = (0u64, 0u64, 0u64);
+    // The ids our calls were registered under, until each has ended.
+    let mut ours: HashSet<String> = HashSet::new();
     let mut waiting_since = Instant::now();
     let mut out = io::stdout().lock();
     let mut line = Vec::new();
@@ -125,9 +128,15 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
                 Admission::Go => {
                     placed += 1;
                     waiting_since = now;
-                    if let Err(why) = place(args, &mut driver, id, &tracker, &completions, now) {
-                        tracing::error!(error = %why, "originate refused");
-                        failures += 1;
+                    match place(args, &mut driver, id, &tracker, &completions, now) {
+                        Ok(key) => {
+                            ours.insert(key);
+                        }
+                        Err((key, why)) => {
+                            tracing::error!(error = %why, "originate refused");
+                            ours.insert(key);
+                            failures += 1;
+                        }
                     }
                     wait = Duration::ZERO;
                 }
@@ -162,6 +171,15 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
             tracker_ref.handle_timeout(now);
         }
         while let Some(call) = tracker_ref.poll_ended() {
+            // The server's other calls count for its limits, but are not ours to print.
+            if !call
+                .registered_as
+                .as_ref()
+                .is_some_and(|id| ours.remove(id))
+            {
+                continue;
+            }
+            ended += 1;
             line.clear();
             Record::Call {
                 server: server.clone(),
@@ -175,7 +193,7 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
                 .and_then(|()| out.flush())
                 .map_err(|e| CliError::io("cannot write to stdout", e))?;
         }
-        if placed >= args.count && tracker_ref.live_calls() == 0 {
+        if placed >= args.count && ended >= placed {
             break;
         }
     }
@@ -199,7 +217,8 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
 /// Originate completions by the call's ChannelId, as they come.
 type Completions = Rc<RefCell<Vec<(String, Result<Reply, ActionError>)>>>;
 
-/// Sends one Originate and registers it with the tracker.
+/// Sends one Originate and registers it with the tracker under its `ChannelId`,
+/// which it returns (with the refusal, when the driver refused it).
 fn place(
     args: &OriginateArgs,
     driver: &mut Driver,
@@ -207,7 +226,7 @@ fn place(
     tracker: &Rc<RefCell<CallTracker>>,
     completions: &Completions,
     now: Instant,
-) -> Result<(), ami_proto::SendError> {
+) -> Result<String, (String, ami_proto::SendError)> {
     let channel_id = unique_channel_id();
     let mut originate = match &args.exten {
         Some(exten) => Originate::extension(
@@ -243,9 +262,9 @@ fn place(
     });
     if let Err(error) = sent {
         tracker.borrow_mut().originate_failed(&channel_id, now);
-        return Err(error);
+        return Err((channel_id, error));
     }
-    Ok(())
+    Ok(channel_id)
 }
 
 /// A `ChannelId` no other call has: `ami-<pid>-<time>-<n>`.

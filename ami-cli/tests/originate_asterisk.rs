@@ -6,10 +6,18 @@ mod support;
 
 use std::collections::HashSet;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ami_tests::asterisk::{asterisk, unique_id};
 use support::{ChannelWatch, Seen};
+
+static TURN: Mutex<()> = Mutex::new(());
+
+/// One test at a time: the concurrency limit counts every call of the server.
+fn turn() -> MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Runs `ami originate ARGS` with a config whose server has `pacing` lines; returns
 /// the exit code and the call records.
@@ -52,6 +60,7 @@ fn first_channels<'a>(seen: &'a [Seen], records: &[serde_json::Value]) -> Vec<&'
 
 #[test]
 fn twenty_calls_at_five_per_second_take_four_seconds() {
+    let _turn = turn();
     let watch = ChannelWatch::start();
     let (code, records) = originate(
         "max_calls_per_second = 5",
@@ -84,6 +93,7 @@ fn twenty_calls_at_five_per_second_take_four_seconds() {
 
 #[test]
 fn no_more_than_three_calls_are_up_at_once() {
+    let _turn = turn();
     let watch = ChannelWatch::start();
     // Calls of 3 s: the far end answers and stays; ours waits 3 s and hangs up.
     let (code, records) = originate(

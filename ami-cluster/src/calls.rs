@@ -117,6 +117,9 @@ pub struct CallEnded {
     pub channels: Vec<String>,
     /// The ActionID of its Originate.
     pub action_id: Option<String>,
+    /// The id its Originate was registered under ([`CallTracker::originate`]): how the
+    /// caller tells its own calls from the others the server has.
+    pub registered_as: Option<String>,
     /// The Originate's variables.
     pub variables: Vec<(String, String)>,
 }
@@ -164,6 +167,7 @@ struct Call {
     /// The most telling hangup cause so far, and its text.
     cause: Option<(u16, Option<String>)>,
     action_id: Option<String>,
+    registered_as: Option<String>,
     variables: Vec<(String, String)>,
     originate_reason: Option<u16>,
     /// Ended, waiting (until then) for the `OriginateResponse`.
@@ -238,6 +242,7 @@ impl CallTracker {
         self.make_room(now);
         let mut call = self.new_call(now);
         call.action_id = Some(action_id.to_owned());
+        call.registered_as = Some(action_id.to_owned());
         call.variables = variables;
         self.calls.insert(key.clone(), call);
         self.by_action.insert(action_id.to_owned(), key.clone());
@@ -415,6 +420,7 @@ impl CallTracker {
             linkedid: None,
             cause: None,
             action_id: None,
+            registered_as: None,
             variables: Vec::new(),
             originate_reason: None,
             ending: None,
@@ -480,6 +486,7 @@ impl CallTracker {
             Some(call) => {
                 if call.action_id.is_none() {
                     call.action_id = placeholder.action_id;
+                    call.registered_as = placeholder.registered_as;
                     call.variables = placeholder.variables;
                 }
                 call.created = call.created.min(placeholder.created);
@@ -584,6 +591,7 @@ impl CallTracker {
             linkedid: call.linkedid,
             channels: call.channels,
             action_id: call.action_id,
+            registered_as: call.registered_as,
             variables: call.variables,
         });
     }

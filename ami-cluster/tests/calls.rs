@@ -93,6 +93,7 @@ fn an_answered_originate_has_its_times_reason_and_variables() {
     assert_eq!(call.originate_reason, Some(4));
     assert_eq!(call.cause, Some(16));
     assert_eq!(call.action_id.as_deref(), Some("a-1"));
+    assert_eq!(call.registered_as.as_deref(), Some("a-1"));
     assert_eq!(call.variables, [("CAMPAIGN".to_owned(), "7".to_owned())]);
     assert_eq!(call.uniqueid.as_deref(), Some("c1"));
     assert_eq!(call.channels.len(), 2);

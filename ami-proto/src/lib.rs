@@ -18,6 +18,7 @@
 //!   completion strategies (single response, event list, command output, async
 //!   Originate).
 //! - [`events`]: the bounded drop-oldest event queue with blocked and priority names.
+//! - [`typed`]: typed, zero-copy views of the Asterisk 22 events ([`typed::TypedEvent`]).
 //! - [`connection`]: the state machine of one session that ties them together.
 //! - [`budget`]: the memory budget shared by connections, and what each one charges.
 //! - [`config`], [`error`], [`redact`]: settings, typed errors, secret masking.
@@ -108,6 +109,7 @@ pub mod parser;
 pub mod redact;
 pub mod rng;
 mod timers;
+pub mod typed;
 
 pub use action::{Action, Strategy};
 pub use budget::{BudgetExceeded, Charge, MemoryBudget};
