@@ -130,6 +130,10 @@ pub fn run_send(args: &SendArgs) -> Result<(), CliError> {
     }
     // The strategy the typed action of that name would use.
     let action = action.with_typed_strategy();
+    // Refused here, before any connection (and login) is spent on it.
+    action
+        .encode("0", &mut Vec::new())
+        .map_err(|e| CliError::Usage(format!("{}: {e}", args.action)))?;
     let (mut driver, id, server) =
         connect(&args.config, args.server.as_deref(), events_for(&action))?;
     let result = driver.send_and_wait(id, action);

@@ -218,6 +218,12 @@ impl Action {
         if self.name.is_empty() {
             return Err(EncodeError::EmptyActionName);
         }
+        // A CR or LF is refused below as an injection; anything else that is not one
+        // token (a space, a `:`) would be sent as it is and misread by Asterisk.
+        let injects = self.name.bytes().any(|b| b == b'\r' || b == b'\n');
+        if !injects && !is_action_name(&self.name) {
+            return Err(EncodeError::InvalidActionName);
+        }
         check_action_id(action_id)?;
         let count = self.headers.len() + 2;
         if count > MAX_HEADERS {
@@ -275,6 +281,15 @@ impl fmt::Debug for Action {
     }
 }
 
+/// Whether `name` is an action name the encoder sends: one token of ASCII letters,
+/// digits, `_`, `-` and `.` (its line is held to the line limit like any other).
+pub fn is_action_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// Why an action could not be encoded. Messages name keys, indexes and
 /// lengths, never header values (which may be secrets).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -283,6 +298,10 @@ pub enum EncodeError {
     /// The action name is empty.
     #[error("action name is empty")]
     EmptyActionName,
+    /// The action name is not one token of ASCII letters, digits, `_`, `-` and `.`
+    /// (Asterisk's names are letters and digits).
+    #[error("action name is not one token (letters, digits, `_`, `-`, `.`)")]
+    InvalidActionName,
     /// A CR or LF in the action name, a header key or a value would let the
     /// content inject extra header lines. `key` is `Action` for the name, or
     /// the header key (cut before the first CR/LF when the key itself has one).
@@ -1629,6 +1648,26 @@ mod tests {
             encode_err(&Action::new(""), "1"),
             EncodeError::EmptyActionName
         );
+    }
+
+    #[test]
+    fn an_action_name_must_be_one_token() {
+        for name in [" ", "Ping: x", "Pi ng", "Ping\t", "Pïng"] {
+            assert_eq!(
+                encode_err(&Action::new(name), "1"),
+                EncodeError::InvalidActionName,
+                "{name:?}"
+            );
+        }
+        for name in [
+            "Ping",
+            "QueueStatus",
+            "PJSIPShowEndpoints",
+            "Dialplan.Extension-Add_x",
+        ] {
+            let mut out = Vec::new();
+            Action::new(name).encode("1", &mut out).unwrap();
+        }
     }
 
     #[test]

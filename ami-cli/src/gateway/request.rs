@@ -108,7 +108,7 @@ pub fn parse(fields: &[(String, String)]) -> Result<Request, Invalid> {
         ));
     };
     let name = text(fields, "action").unwrap_or_default();
-    if !is_token(name) {
+    if !ami_proto::action::is_action_name(name) {
         return Err(invalid(
             "action",
             format!(
@@ -169,15 +169,6 @@ pub fn parse(fields: &[(String, String)]) -> Result<Request, Invalid> {
             .map(str::to_owned),
         route,
     })
-}
-
-/// Whether `name` is one action-name token.
-fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// Reads `headers`: a JSON array of `[key, value]` pairs (repeated keys kept), or an
