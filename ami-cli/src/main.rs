@@ -59,6 +59,13 @@ enum Task {
     Send(send::SendArgs),
     /// Run a CLI command on Asterisk and print its output lines.
     Command(send::CommandArgs),
+    /// Print a shell completion script: `ami completions bash > /etc/bash_completion.d/ami`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `ami manpage | man -l -`.
+    Manpage,
 }
 
 /// Why a subcommand failed.
@@ -134,6 +141,17 @@ fn main() -> ExitCode {
         Task::Originate(args) => originate::run(&args),
         Task::Send(args) => send::run_send(&args),
         Task::Command(args) => send::run_command(&args),
+        Task::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ami", &mut io::stdout());
+            Ok(())
+        }
+        Task::Manpage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut io::stdout())
+                .map_err(|e| CliError::io("cannot write the manual page", e))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

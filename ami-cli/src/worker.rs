@@ -24,16 +24,38 @@ impl ConfigArg {
     }
 }
 
-/// Logs to stderr; the level comes from `AMI_LOG` (e.g. `debug`, `ami_proto=trace`),
-/// `info` by default.
+/// Logs to stderr. The filter comes from `AMI_LOG`, else `RUST_LOG` (e.g. `debug`,
+/// `ami_proto=trace`), `info` by default. `AMI_LOG_FORMAT=json` writes one JSON
+/// object per line (the seeds' structured logs: `server_key`, `action_id` where the
+/// event has them, and `worker_pid` on the main thread's lines); anything else is
+/// text.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMI_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let json = std::env::var("AMI_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let installed = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init()
+            .is_ok()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+            .is_ok()
+    };
+    if installed {
+        // Every line the main thread logs carries the process id.
+        let span = tracing::info_span!("worker", worker_pid = std::process::id());
+        std::mem::forget(span.entered());
+    }
 }
 
 /// The keys of the servers a command should use: `--all`, `--server KEY`, or the

@@ -24,13 +24,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use ami_proto::{Action, Config, Connection, Output, SendError, State};
+use ami_proto::{Action, CloseReason, Config, Connection, Output, SendError, State};
 
 use crate::backoff::BackoffConfig;
 use crate::circuit::{CircuitConfig, Transition};
 use crate::health::Health;
 use crate::metrics::{LatencyHistogram, NodeMetrics};
-use crate::reconnect::Reconnector;
+use crate::reconnect::{Decision, Reconnector};
 use crate::rng::Rng;
 
 /// The reconnect policy of a node: backoff between attempts and the circuit breaker.
@@ -136,7 +136,7 @@ pub struct Node {
     /// The current connection's close was accounted for.
     close_seen: bool,
     /// Why the last connection closed (kept while the next attempt runs).
-    last_close: Option<ami_proto::CloseReason>,
+    last_close: Option<CloseReason>,
     reconnector: Reconnector,
     rng: Rng,
     health: Health,
@@ -204,7 +204,7 @@ impl Node {
 
     /// Why the last connection closed, kept while the next attempt is under way;
     /// `None` before any connection closed.
-    pub fn last_close_reason(&self) -> Option<&ami_proto::CloseReason> {
+    pub fn last_close_reason(&self) -> Option<&CloseReason> {
         self.last_close.as_ref()
     }
 
@@ -503,17 +503,19 @@ impl Node {
                     if self.login_seen && flapped {
                         self.counters.lost += 1;
                         let decision = self.reconnector.on_connect_failed(now, &mut self.rng);
-                        tracing::warn!(server_key = %self.config.server_key, reason = ?reason, ?decision, "session lost soon after its login; counted as a failed attempt");
+                        let next = Next::of(decision, now);
+                        tracing::warn!(server_key = %self.config.server_key, reason = %Reason(&reason), %next, "session lost soon after its login; counted as a failed attempt");
                     } else if self.login_seen {
                         self.counters.lost += 1;
                         let at = self.reconnector.on_disconnected(now, &mut self.rng);
                         let retry_in_ms =
                             at.map(|at| at.saturating_duration_since(now).as_millis() as u64);
-                        tracing::warn!(server_key = %self.config.server_key, reason = ?reason, ?retry_in_ms, "session lost; reconnecting");
+                        tracing::warn!(server_key = %self.config.server_key, reason = %Reason(&reason), ?retry_in_ms, "session lost; reconnecting");
                     } else {
                         self.counters.failures += 1;
                         let decision = self.reconnector.on_connect_failed(now, &mut self.rng);
-                        tracing::warn!(server_key = %self.config.server_key, reason = ?reason, ?decision, "connection attempt failed");
+                        let next = Next::of(decision, now);
+                        tracing::warn!(server_key = %self.config.server_key, reason = %Reason(&reason), %next, "connection attempt failed");
                     }
                 }
             }
@@ -525,7 +527,7 @@ impl Node {
             ) {
                 self.counters.circuit_opened += 1;
             }
-            tracing::info!(server_key = %self.config.server_key, ?transition, "circuit");
+            tracing::info!(server_key = %self.config.server_key, transition = %Circuit(&transition, now), "circuit");
             self.outputs.push_back(NodeOutput::Circuit(transition));
         }
         let health = Health::from_parts(
@@ -562,5 +564,66 @@ impl Node {
             Err(_) => self.counters.failed += 1,
         }
         Some(output)
+    }
+}
+
+/// A close reason for a log line: its text, or `unknown`.
+struct Reason<'a>(&'a Option<CloseReason>);
+
+impl std::fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(reason) => write!(f, "{reason}"),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// What a failed attempt leads to, for a log line: `retry in 1234 ms`, `circuit open
+/// for 30000 ms`, or `no retry scheduled`.
+struct Next(Option<(&'static str, u64)>);
+
+impl Next {
+    fn of(decision: Decision, now: Instant) -> Next {
+        let ms = |at: Instant| at.saturating_duration_since(now).as_millis() as u64;
+        Next(match decision {
+            Decision::RetryAt(Some(at)) => Some(("retry in", ms(at))),
+            Decision::CircuitOpenUntil(Some(at)) => Some(("circuit open for", ms(at))),
+            Decision::RetryAt(None) | Decision::CircuitOpenUntil(None) => None,
+        })
+    }
+}
+
+impl std::fmt::Display for Next {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((what, ms)) => write!(f, "{what} {ms} ms"),
+            None => f.write_str("no retry scheduled"),
+        }
+    }
+}
+
+/// A circuit transition for a log line, its instants as durations from now.
+struct Circuit<'a>(&'a Transition, Instant);
+
+impl std::fmt::Display for Circuit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |until: &Option<Instant>| match until {
+            Some(at) => format!("{} ms", at.saturating_duration_since(self.1).as_millis()),
+            None => "ever".to_owned(),
+        };
+        match self.0 {
+            Transition::Opened {
+                until,
+                consecutive_failures,
+            } => write!(
+                f,
+                "opened after {consecutive_failures} failures, for {}",
+                ms(until)
+            ),
+            Transition::HalfOpened => f.write_str("half-open: probing"),
+            Transition::Reopened { until } => write!(f, "reopened for {}", ms(until)),
+            Transition::Closed => f.write_str("closed"),
+        }
     }
 }
