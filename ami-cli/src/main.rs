@@ -77,6 +77,8 @@ pub enum CliError {
     Failed(String),
     /// The output of `ami listen` failed, e.g. a closed pipe (exit code 3).
     OutletClosed(String),
+    /// A signal stopped `send` or `command` after its Logoff (exit code 130).
+    Interrupted,
     /// Reading or writing failed (exit code 1).
     Io {
         /// What was being done, e.g. `cannot open capture.raw`.
@@ -100,6 +102,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => 2,
             CliError::OutletClosed(_) => 3,
+            CliError::Interrupted => 130,
             CliError::Failed(_) | CliError::Io { .. } => 1,
         }
     }
@@ -116,6 +119,7 @@ impl fmt::Display for CliError {
         match self {
             CliError::Usage(message) | CliError::Failed(message) => f.write_str(message),
             CliError::OutletClosed(why) => write!(f, "output closed: {why}"),
+            CliError::Interrupted => f.write_str("interrupted by a signal (logged off)"),
             CliError::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -124,7 +128,10 @@ impl fmt::Display for CliError {
 impl std::error::Error for CliError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            CliError::Usage(_) | CliError::Failed(_) | CliError::OutletClosed(_) => None,
+            CliError::Usage(_)
+            | CliError::Failed(_)
+            | CliError::OutletClosed(_)
+            | CliError::Interrupted => None,
             CliError::Io { source, .. } => Some(source),
         }
     }

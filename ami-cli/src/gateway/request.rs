@@ -171,49 +171,11 @@ pub fn parse(fields: &[(String, String)]) -> Result<Request, Invalid> {
     })
 }
 
-/// Reads `headers`: a JSON array of `[key, value]` pairs (repeated keys kept), or an
-/// object whose values are strings, numbers, booleans or arrays of them (an array
-/// repeats its key).
+/// Reads `headers`: JSON text of the forms [`json::header_pairs`] takes.
 fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| format!("not JSON ({e}): {text:.80}"))?;
-    let scalar = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    };
-    let mut out = Vec::new();
-    match &value {
-        Value::Array(pairs) => {
-            for (i, pair) in pairs.iter().enumerate() {
-                let pair = pair.as_array().filter(|p| p.len() == 2);
-                let kv = pair.and_then(|p| Some((p[0].as_str()?.to_owned(), scalar(&p[1])?)));
-                let Some(kv) = kv else {
-                    return Err(format!("item {i}: expected a [key, value] pair of strings"));
-                };
-                out.push(kv);
-            }
-        }
-        Value::Object(map) => {
-            for (key, value) in map {
-                match value {
-                    Value::Array(values) => {
-                        for v in values {
-                            let v = scalar(v).ok_or_else(|| format!("{key}: expected strings"))?;
-                            out.push((key.clone(), v));
-                        }
-                    }
-                    v => {
-                        let v = scalar(v).ok_or_else(|| format!("{key}: expected a string"))?;
-                        out.push((key.clone(), v));
-                    }
-                }
-            }
-        }
-        _ => return Err("expected an array of [key, value] pairs or an object".into()),
-    }
-    Ok(out)
+    crate::json::header_pairs(&value)
 }
 
 /// The routing strategy of `route` over the gateway's servers, in config order (the
