@@ -59,6 +59,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo package (every published crate builds from its package alone)"
+# A package left from an earlier run under the same version would be verified against
+# instead of the fresh one: start clean.
+rm -rf target/package
 cargo package --workspace --exclude ami-tests --allow-dirty --quiet
 echo "== Asterisk 22 sandbox (the conformance tests talk to it)"
 # A failed start fails the run, never skips.
