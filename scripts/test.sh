@@ -59,9 +59,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo package (every published crate builds from its package alone)"
-# A package left from an earlier run under the same version would be verified against
-# instead of the fresh one: start clean.
-rm -rf target/package
+# Cargo unpacks the packages it verifies against into $CARGO_HOME/registry/src/-HASH/
+# (the hash of the temporary registry's path) and reuses what it finds there: a
+# package of the same version left by an earlier run would be verified against
+# instead of the fresh one. Start clean.
+rm -rf target/package "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/ami-*
 cargo package --workspace --exclude ami-tests --allow-dirty --quiet
 echo "== Asterisk 22 sandbox (the conformance tests talk to it)"
 # A failed start fails the run, never skips.
