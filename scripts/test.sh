@@ -59,12 +59,13 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo package (every published crate builds from its package alone)"
-# Cargo unpacks the packages it verifies against into $CARGO_HOME/registry/src/-HASH/
-# (the hash of the temporary registry's path) and reuses what it finds there: a
-# package of the same version left by an earlier run would be verified against
-# instead of the fresh one. Start clean.
-rm -rf target/package "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/ami-*
-cargo package --workspace --exclude ami-tests --allow-dirty --quiet
+# The packages are verified as registry crates, which cargo takes for immutable: a
+# build of the same name and version left in a target directory (or unpacked in
+# $CARGO_HOME/registry/src/-HASH/) by an earlier run would be used instead of the fresh
+# package. So: a target directory of its own, and no copies left, every run.
+rm -rf target/package-check "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/ami-*
+CARGO_TARGET_DIR=target/package-check \
+    cargo package --workspace --exclude ami-tests --allow-dirty --quiet
 echo "== Asterisk 22 sandbox (the conformance tests talk to it)"
 # A failed start fails the run, never skips.
 # shellcheck source=scripts/sandbox-env.sh

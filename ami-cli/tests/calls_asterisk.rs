@@ -14,7 +14,7 @@ use ami_mio::{Driver, ServerSpec};
 use ami_proto::action::EventMask;
 use ami_proto::{Action, Config};
 use ami_tests::asterisk::{asterisk, unique_id};
-use support::Ami;
+use support::{Ami, sandbox_config};
 
 /// The test's own session, to originate and hang up.
 fn session() -> (Driver, ami_mio::ServerId) {
@@ -31,18 +31,7 @@ fn session() -> (Driver, ami_mio::ServerId) {
 
 #[test]
 fn each_call_ends_in_one_record_with_its_outcome_and_cause() {
-    let a = asterisk();
-    let dir = std::env::temp_dir().join(unique_id("ami-calls-asterisk"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("ami.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[servers.pbx]\nhost = \"{}\"\nport = {}\nusername = \"admin\"\nsecret = \"{}\"\nevents = \"call\"\n",
-            a.host, a.port, a.secret
-        ),
-    )
-    .unwrap();
+    let config = sandbox_config("events = \"call\"");
     let mut calls = Ami::start(
         [
             "calls".as_ref(),

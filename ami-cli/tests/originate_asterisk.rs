@@ -9,8 +9,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use ami_tests::asterisk::{asterisk, unique_id};
-use support::{ChannelWatch, Seen};
+use support::{ChannelWatch, Seen, sandbox_config};
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -22,18 +21,7 @@ fn turn() -> MutexGuard<'static, ()> {
 /// Runs `ami originate ARGS` with a config whose server has `pacing` lines; returns
 /// the exit code and the call records.
 fn originate(pacing: &str, args: &[&str]) -> (Option<i32>, Vec<serde_json::Value>) {
-    let a = asterisk();
-    let dir = std::env::temp_dir().join(unique_id("ami-originate-asterisk"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("ami.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[servers.pbx]\nhost = \"{}\"\nport = {}\nusername = \"admin\"\nsecret = \"{}\"\n{pacing}\n",
-            a.host, a.port, a.secret
-        ),
-    )
-    .unwrap();
+    let config = sandbox_config(pacing);
     let output = Command::new(env!("CARGO_BIN_EXE_ami"))
         .args(["originate", "--config"])
         .arg(&config)

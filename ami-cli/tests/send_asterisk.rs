@@ -4,22 +4,13 @@
 
 use std::process::Command;
 
-use ami_tests::asterisk::{asterisk, unique_id};
+mod support;
+
+use support::sandbox_config;
 
 #[test]
 fn an_async_originate_completes_with_its_originate_response() {
-    let a = asterisk();
-    let dir = std::env::temp_dir().join(unique_id("ami-send-asterisk"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("ami.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[servers.pbx]\nhost = \"{}\"\nport = {}\nusername = \"admin\"\nsecret = \"{}\"\n",
-            a.host, a.port, a.secret
-        ),
-    )
-    .unwrap();
+    let config = sandbox_config("");
     let run = |exten: &str| {
         let output = Command::new(env!("CARGO_BIN_EXE_ami"))
             .args(["send", "--config"])
@@ -67,31 +58,13 @@ fn an_async_originate_completes_with_its_originate_response() {
     );
     assert_eq!(header(&busy, "Response").as_deref(), Some("Failure"));
     assert_eq!(header(&busy, "Reason").as_deref(), Some("5"));
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A config for instance `a` with one server `pbx`.
-fn sandbox_config() -> std::path::PathBuf {
-    let a = asterisk();
-    let dir = std::env::temp_dir().join(unique_id("ami-send-stdin"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("ami.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[servers.pbx]\nhost = \"{}\"\nport = {}\nusername = \"admin\"\nsecret = \"{}\"\n",
-            a.host, a.port, a.secret
-        ),
-    )
-    .unwrap();
-    config
 }
 
 #[test]
 fn a_batch_on_stdin_takes_one_login_and_answers_each_line_by_index() {
     use std::io::Write;
     use std::process::Stdio;
-    let config = sandbox_config();
+    let config = sandbox_config("");
     let run = |input: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))
             .args(["send", "--stdin", "--config"])
@@ -150,7 +123,7 @@ fn a_batch_on_stdin_takes_one_login_and_answers_each_line_by_index() {
 
 #[test]
 fn sigterm_logs_off_and_reports_the_action_interrupted() {
-    let config = sandbox_config();
+    let config = sandbox_config("");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))
         .args(["send", "--config"])
         .arg(&config)

@@ -13,6 +13,24 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A config file with one server `pbx` on the sandbox Asterisk (instance `a`), and
+/// `more` lines in its table (e.g. `events = "call"`).
+pub fn sandbox_config(more: &str) -> std::path::PathBuf {
+    let a = ami_tests::asterisk::asterisk();
+    let dir = std::env::temp_dir().join(ami_tests::asterisk::unique_id("ami-sandbox"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ami.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[servers.pbx]\nhost = \"{}\"\nport = {}\nusername = \"admin\"\nsecret = \"{}\"\n{more}\n",
+            a.host, a.port, a.secret
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
