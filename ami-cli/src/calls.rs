@@ -3,11 +3,11 @@
 //! [`Record::Call`]s each tick, and after a reconnect the live calls reseeded from
 //! `CoreShowChannels`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ami_mio::Driver;
 use ami_mio::ami_cluster::{CallTracker, TrackerConfig};
@@ -26,7 +26,13 @@ pub struct Calls {
     trackers: Rc<RefCell<HashMap<Arc<str>, CallTracker>>>,
     /// `CoreShowChannels` answers waiting to reseed their server's tracker.
     reseeds: Reseeds,
+    /// When the trackers' timeouts last ran.
+    timeouts_ran: Rc<Cell<Option<Instant>>>,
 }
+
+/// How often the trackers' timeouts run (each run looks at every call; the nearest
+/// timeout is 2 s away, the grace for an `OriginateResponse`).
+const TIMEOUT_CADENCE: Duration = Duration::from_millis(250);
 
 impl Calls {
     /// Feeds one event to its server's tracker.
@@ -59,8 +65,8 @@ impl Calls {
         }
     }
 
-    /// Runs the trackers' timeouts, applies the reseeds that came, and adds a record
-    /// for every call that ended.
+    /// Applies the reseeds that came, runs the trackers' timeouts (every
+    /// [`TIMEOUT_CADENCE`]), and adds a record for every call that ended.
     pub fn report(&self, clock: &WallClock, batch: &mut Vec<Record>) {
         let now = Instant::now();
         let mut trackers = self.trackers.borrow_mut();
@@ -70,8 +76,15 @@ impl Calls {
                 .or_insert_with(|| CallTracker::new(TrackerConfig::default()))
                 .reseed(&live, now);
         }
+        let timeouts = self
+            .timeouts_ran
+            .get()
+            .is_none_or(|at| now.saturating_duration_since(at) >= TIMEOUT_CADENCE);
+        if timeouts {
+            self.timeouts_ran.set(Some(now));
+        }
         for (server, tracker) in trackers.iter_mut() {
-            if tracker.poll_timeout().is_some_and(|at| at <= now) {
+            if timeouts {
                 tracker.handle_timeout(now);
             }
             while let Some(call) = tracker.poll_ended() {

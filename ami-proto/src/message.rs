@@ -357,14 +357,14 @@ impl fmt::Debug for Message {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::borrow::Cow;
 
     use super::{Field, Layout, Message, MessageKind};
     use crate::parser::{Limits, Parsed, Parser};
 
-    /// The one message in `text`.
-    fn parse_one(text: &str) -> Message {
+    /// The one message in `text` (other modules' tests use it too).
+    pub(crate) fn parse_one(text: &str) -> Message {
         let mut parser = Parser::new(Limits::default());
         let mut items = Vec::new();
         parser.feed(text.as_bytes(), &mut |item| items.push(item));

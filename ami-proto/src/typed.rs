@@ -1273,18 +1273,7 @@ mod tests {
     use super::*;
     use crate::budget::MemoryBudget;
     use crate::events::Source;
-    use crate::parser::{Limits, Parsed, Parser};
-
-    /// The one message in `text`.
-    fn one(text: &str) -> Message {
-        let mut parser = Parser::new(Limits::default());
-        let mut items = Vec::new();
-        parser.feed(text.as_bytes(), &mut |item| items.push(item));
-        match <[Parsed; 1]>::try_from(items) {
-            Ok([Parsed::Message(message)]) => message,
-            other => panic!("expected one message: {other:?}"),
-        }
-    }
+    use crate::message::tests::parse_one as one;
 
     #[test]
     fn unknown_codes_are_kept() {
