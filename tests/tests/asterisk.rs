@@ -641,21 +641,35 @@ fn lists_show_a_call_that_is_up() {
     let (mut driver, id) = driver_with("admin", calls_only);
     let call = Call::up(&mut driver, id, "wait");
 
-    let channels = ok(
-        driver.send_and_wait(id, action::CoreShowChannels),
-        "CoreShowChannels",
-    );
-    assert_list(&channels, "CoreShowChannelsComplete");
-    let mine: Vec<_> = list_items(&channels, "CoreShowChannel")
-        .filter(|m| m.get("Linkedid") == Some(call.one.as_str()))
-        .collect();
+    // `OriginateResponse` comes when the call is answered; the `;1` channel
+    // shows `AppDial2` (the dial API's placeholder) until Asterisk's
+    // originate thread starts `Wait` on it a moment later. So the list is
+    // asked again until it shows `Wait`, within a bound.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (channels, mine) = loop {
+        let channels = ok(
+            driver.send_and_wait(id, action::CoreShowChannels),
+            "CoreShowChannels",
+        );
+        assert_list(&channels, "CoreShowChannelsComplete");
+        let mine: Vec<_> = list_items(&channels, "CoreShowChannel")
+            .filter(|m| m.get("Linkedid") == Some(call.one.as_str()))
+            .cloned()
+            .collect();
+        let running = mine.iter().any(|m| {
+            m.get("Uniqueid") == Some(call.one.as_str()) && m.get("Application") == Some("Wait")
+        });
+        if running {
+            break (channels, mine);
+        }
+        assert!(Instant::now() < deadline, ";1 never ran Wait: {channels:?}");
+    };
     assert_eq!(mine.len(), 2, "{channels:?}");
     let one = mine
         .iter()
         .find(|m| m.get("Uniqueid") == Some(call.one.as_str()))
         .expect(";1 listed");
     assert_eq!(one.get("Channel"), Some(call.channel.as_str()));
-    assert_eq!(one.get("Application"), Some("Wait"));
     let two = mine
         .iter()
         .find(|m| m.get("Uniqueid") == Some(call.two.as_str()))
