@@ -219,6 +219,11 @@ impl CallTracker {
         self.counters
     }
 
+    /// Whether ended calls wait to be polled.
+    pub fn has_ended(&self) -> bool {
+        !self.ended.is_empty()
+    }
+
     /// The next ended call, oldest first.
     pub fn poll_ended(&mut self) -> Option<CallEnded> {
         self.ended.pop_front()
@@ -234,6 +239,20 @@ impl CallTracker {
         variables: Vec<(String, String)>,
         now: Instant,
     ) {
+        self.originate_as(action_id, action_id, channel_id, variables, now);
+    }
+
+    /// [`CallTracker::originate`], with the record's
+    /// [`registered_as`](CallEnded::registered_as) set to `registered_as` instead of
+    /// the ActionID.
+    pub fn originate_as(
+        &mut self,
+        action_id: &str,
+        registered_as: &str,
+        channel_id: Option<&str>,
+        variables: Vec<(String, String)>,
+        now: Instant,
+    ) {
         let key = format!("originate:{action_id}");
         if self.by_action.contains_key(action_id) || self.calls.contains_key(&key) {
             // Registered already (ActionIDs are unique): the first registration holds.
@@ -242,7 +261,7 @@ impl CallTracker {
         self.make_room(now);
         let mut call = self.new_call(now);
         call.action_id = Some(action_id.to_owned());
-        call.registered_as = Some(action_id.to_owned());
+        call.registered_as = Some(registered_as.to_owned());
         call.variables = variables;
         self.calls.insert(key.clone(), call);
         self.by_action.insert(action_id.to_owned(), key.clone());

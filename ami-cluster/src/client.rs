@@ -23,13 +23,16 @@
 //! which the core guarantees (a lost connection completes its actions with
 //! `ConnectionClosed`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use ami_proto::action::CoreShowChannels;
 use ami_proto::correlation::action_tag;
-use ami_proto::{Action, CloseReason, Completion, Event, Output, SendError, State};
+use ami_proto::{Action, ActionError, CloseReason, Completion, Event, Output, SendError, State};
 
+use crate::calls::CallEnded;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, RouteError, ServerId};
+use crate::dialer::{Dialer, DialerConfig, DialerStatus, OriginateInfo, is_originate};
 use crate::health::Health;
 use crate::metrics::NodeMetrics;
 use crate::node::{Node, NodeOutput};
@@ -143,6 +146,13 @@ pub enum ClientOutput<P> {
         /// The health now.
         to: Health,
     },
+    /// A call of a server whose calls are tracked ([`ClientCore::track_calls`]) ended.
+    CallEnded {
+        /// The server.
+        server: ServerId,
+        /// What the tracker saw of it.
+        call: Box<CallEnded>,
+    },
 }
 
 /// A completion slot.
@@ -164,6 +174,14 @@ pub struct ClientCore<P> {
     slots: Vec<Slot<P>>,
     free: Vec<u32>,
     by_action: HashMap<ActionKey, u32>,
+    /// The dialers of servers whose calls are tracked, by server index.
+    dialers: Vec<Option<Box<Dialer>>>,
+    /// Those servers.
+    tracked: Vec<ServerId>,
+    /// Tracked servers whose dialers may have outputs (for [`ClientCore::poll`]).
+    with_outputs: VecDeque<ServerId>,
+    /// The latest instant an input brought (the core never reads the clock).
+    now: Option<Instant>,
 }
 
 impl<P> ClientCore<P> {
@@ -174,7 +192,43 @@ impl<P> ClientCore<P> {
             slots: Vec::new(),
             free: Vec::new(),
             by_action: HashMap::new(),
+            dialers: Vec::new(),
+            tracked: Vec::new(),
+            with_outputs: VecDeque::new(),
+            now: None,
         })
+    }
+
+    /// Tracks the calls of a server and paces its Originates from now on (see
+    /// [`dialer`](crate::dialer)); calling it again replaces the limits and starts
+    /// a fresh tracker.
+    pub fn track_calls(&mut self, id: ServerId, config: DialerConfig) {
+        let _ = self.cluster.node(id);
+        if self.dialers.len() <= id.0 {
+            self.dialers.resize_with(id.0 + 1, || None);
+        }
+        let mut dialer = Dialer::new(config);
+        if self.cluster.node(id).state().is_ready()
+            && let Some(now) = self.now
+        {
+            dialer.logged_in(now);
+        }
+        self.dialers[id.0] = Some(Box::new(dialer));
+        if !self.tracked.contains(&id) {
+            self.tracked.push(id);
+        }
+    }
+
+    /// What a tracked server's dialer has seen and done (`None`: not tracked).
+    pub fn dialer_status(&self, id: ServerId) -> Option<DialerStatus> {
+        self.dialers
+            .get(id.0)
+            .and_then(|d| d.as_deref())
+            .map(Dialer::status)
+    }
+
+    fn dialer_mut(&mut self, id: ServerId) -> Option<&mut Dialer> {
+        self.dialers.get_mut(id.0).and_then(|d| d.as_deref_mut())
     }
 
     /// The cluster underneath (registry, nodes, routing).
@@ -279,18 +333,32 @@ impl<P> ClientCore<P> {
     /// Logs a server off and stops reconnecting it until [`ClientCore::open`].
     pub fn close(&mut self, id: ServerId, now: Instant) {
         self.cluster.node_mut(id).close(now);
+        self.fail_waiting(id, now);
+    }
+
+    /// Completes the Originates a closed server's dialer held.
+    fn fail_waiting(&mut self, id: ServerId, now: Instant) {
+        let state = self.cluster.node(id).state();
+        if let Some(dialer) = self.dialer_mut(id) {
+            let error = ActionError::NotSent(SendError::NotReady { state });
+            dialer.fail_waiting(&error, now);
+            self.mark(id);
+        }
     }
 
     /// Logs every server off; none reconnects.
     pub fn close_all(&mut self, now: Instant) {
         self.cluster.close_all(now);
+        for id in self.tracked.clone() {
+            self.fail_waiting(id, now);
+        }
     }
 
     /// Whether every server is closed and has nothing left to poll.
     pub fn is_shut_down(&self) -> bool {
         self.cluster.ids().all(|id| {
             let node = self.cluster.node(id);
-            node.state() == State::Closed && !node.has_pending_outputs()
+            node.state() == State::Closed && !self.has_pending_outputs(id)
         })
     }
 
@@ -305,14 +373,74 @@ impl<P> ClientCore<P> {
         action: impl Into<Action>,
         payload: P,
     ) -> Result<Ticket, Refused<P>> {
-        let node = self.cluster.node_mut(id);
-        let action_id = match node.send(now, action) {
+        self.now = Some(now);
+        let action = action.into();
+        if is_originate(&action) && self.dialer_mut(id).is_some() {
+            return self.send_originate(id, now, action, payload);
+        }
+        let action_id = match self.cluster.node_mut(id).send(now, action) {
             Ok(action_id) => action_id,
             Err(error) => return Err(Refused { error, payload }),
         };
-        let (generation, counter) =
-            action_tag(&action_id).expect("the core issues ActionIDs in its own format");
-        let slot = match self.free.pop() {
+        let slot = self.take_slot(payload);
+        Ok(self.bind(id, &action_id, slot))
+    }
+
+    /// An Originate to a tracked server: sent now when the limits let it, else held.
+    fn send_originate(
+        &mut self,
+        id: ServerId,
+        now: Instant,
+        action: Action,
+        payload: P,
+    ) -> Result<Ticket, Refused<P>> {
+        let node = self.cluster.node_mut(id);
+        let ready = node.state().is_ready();
+        let timeout = action.timeout().unwrap_or(node.config().action_timeout);
+        let dialer = self.dialers[id.0].as_deref_mut().expect("checked by send");
+        if ready && dialer.admit_now(now) {
+            let info = OriginateInfo::of(&action);
+            let action_id = match node.send(now, action) {
+                Ok(action_id) => action_id,
+                Err(error) => {
+                    dialer.refund(now);
+                    return Err(Refused { error, payload });
+                }
+            };
+            dialer.sent(&action_id, info, now);
+            let slot = self.take_slot(payload);
+            return Ok(self.bind(id, &action_id, slot));
+        }
+        if !ready && !dialer.has_waiting() {
+            // Not a matter of pacing: refused as any action is.
+            let error = SendError::NotReady {
+                state: node.state(),
+            };
+            return Err(Refused { error, payload });
+        }
+        if let Err(error) = dialer.can_hold() {
+            return Err(Refused { error, payload });
+        }
+        // Refused now rather than when its turn comes.
+        if let Err(error) = action.encode("0", &mut Vec::new()) {
+            return Err(Refused {
+                error: SendError::Encode(error),
+                payload,
+            });
+        }
+        let slot = self.take_slot(payload);
+        let dialer = self.dialers[id.0].as_deref_mut().expect("checked by send");
+        dialer.hold(action, slot, now, timeout);
+        Ok(Ticket {
+            server: id,
+            slot,
+            reuse: self.slots[slot as usize].reuse,
+        })
+    }
+
+    /// A free completion slot, holding `payload`.
+    fn take_slot(&mut self, payload: P) -> u32 {
+        match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize].payload = Some(payload);
                 slot
@@ -324,12 +452,86 @@ impl<P> ClientCore<P> {
                 });
                 (self.slots.len() - 1) as u32
             }
-        };
+        }
+    }
+
+    /// Binds `slot` to the action that went out as `action_id`; its ticket.
+    fn bind(&mut self, id: ServerId, action_id: &str, slot: u32) -> Ticket {
+        let (generation, counter) =
+            action_tag(action_id).expect("the core issues ActionIDs in its own format");
         self.by_action.insert((id, generation, counter), slot);
-        Ok(Ticket {
+        Ticket {
             server: id,
             slot,
             reuse: self.slots[slot as usize].reuse,
+        }
+    }
+
+    /// Sends the held Originates whose turn came, and the reseed when due.
+    fn run_dialer(&mut self, id: ServerId, now: Instant) {
+        let node = self.cluster.node_mut(id);
+        let Some(dialer) = self.dialers.get_mut(id.0).and_then(|d| d.as_deref_mut()) else {
+            return;
+        };
+        dialer.handle_timeout(now);
+        if dialer.take_reseed(now) {
+            match node.send(now, CoreShowChannels) {
+                Ok(action_id) => dialer.reseed_sent(&action_id),
+                Err(error) => {
+                    tracing::warn!(server_key = node.key(), %error, "cannot ask for the live calls: not reseeded");
+                }
+            }
+        }
+        while let Some(held) = dialer.next_turn(now, node.state().is_ready()) {
+            let info = OriginateInfo::of(&held.action);
+            match node.send(now, held.action) {
+                Ok(action_id) => {
+                    dialer.sent(&action_id, info, now);
+                    let (generation, counter) = action_tag(&action_id)
+                        .expect("the core issues ActionIDs in its own format");
+                    self.by_action.insert((id, generation, counter), held.slot);
+                }
+                Err(error) => dialer.not_sent(held.slot, held.since, error, now),
+            }
+        }
+        self.mark(id);
+    }
+
+    /// Notes that a tracked server's dialer has outputs, for [`ClientCore::poll`].
+    fn mark(&mut self, id: ServerId) {
+        if let Some(dialer) = self.dialers.get_mut(id.0).and_then(|d| d.as_deref_mut())
+            && !dialer.marked
+            && dialer.has_outputs()
+        {
+            dialer.marked = true;
+            self.with_outputs.push_back(id);
+        }
+    }
+
+    /// A tracked server's next dialer output: a held Originate's completion, or an
+    /// ended call.
+    fn dialer_output(&mut self, id: ServerId) -> Option<ClientOutput<P>> {
+        let dialer = self.dialers.get_mut(id.0)?.as_deref_mut()?;
+        if let Some((slot, completion)) = dialer.failed.pop_front() {
+            let entry = &mut self.slots[slot as usize];
+            let payload = entry.payload.take()?;
+            let ticket = Ticket {
+                server: id,
+                slot,
+                reuse: entry.reuse,
+            };
+            entry.reuse = entry.reuse.wrapping_add(1);
+            self.free.push(slot);
+            return Some(ClientOutput::Completed {
+                ticket,
+                payload,
+                completion,
+            });
+        }
+        let call = dialer.poll_ended()?;
+        Some(ClientOutput::CallEnded {
+            server: id,
+            call: Box::new(call),
         })
     }
 
@@ -375,9 +577,10 @@ impl<P> ClientCore<P> {
             .is_some_and(|s| s.reuse == ticket.reuse && s.payload.is_some())
     }
 
-    /// Actions in flight over every server (completion slots held).
+    /// Actions in flight over every server (completion slots held, Originates
+    /// waiting for the call limits included).
     pub fn pending(&self) -> usize {
-        self.by_action.len()
+        self.slots.len() - self.free.len()
     }
 
     /// Whether a server is ready, on its way, or will not become ready by waiting
@@ -412,16 +615,19 @@ impl<P> ClientCore<P> {
 
     /// The server's transport connected.
     pub fn handle_connected(&mut self, id: ServerId, now: Instant) {
+        self.now = Some(now);
         self.cluster.node_mut(id).handle_connected(now);
     }
 
     /// Bytes arrived from the server.
     pub fn handle_data(&mut self, id: ServerId, now: Instant, data: &[u8]) {
+        self.now = Some(now);
         self.cluster.node_mut(id).handle_data(now, data);
     }
 
     /// The server closed the stream.
     pub fn handle_eof(&mut self, id: ServerId, now: Instant) {
+        self.now = Some(now);
         self.cluster.node_mut(id).handle_eof(now);
     }
 
@@ -432,25 +638,64 @@ impl<P> ClientCore<P> {
         now: Instant,
         error: &dyn std::fmt::Display,
     ) {
+        self.now = Some(now);
         self.cluster.node_mut(id).handle_transport_error(now, error);
     }
 
     /// Runs one server's due deadlines, heartbeats and reconnect attempts.
     pub fn handle_server_timeout(&mut self, id: ServerId, now: Instant) {
+        self.now = Some(now);
         let node = self.cluster.node_mut(id);
         if node.poll_timeout().is_some_and(|at| at <= now) {
             node.handle_timeout(now);
+        }
+        if self.dialer_due(id, now) {
+            self.run_dialer(id, now);
         }
     }
 
     /// Runs every server's due deadlines, heartbeats and reconnect attempts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
         self.cluster.handle_timeout(now);
+        for index in 0..self.tracked.len() {
+            let id = self.tracked[index];
+            if self.dialer_due(id, now) {
+                self.run_dialer(id, now);
+            }
+        }
+    }
+
+    fn dialer_due(&self, id: ServerId, now: Instant) -> bool {
+        self.dialers
+            .get(id.0)
+            .and_then(|d| d.as_deref())
+            .and_then(Dialer::poll_timeout)
+            .is_some_and(|at| at <= now)
     }
 
     /// The earliest instant any server needs [`ClientCore::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.cluster.poll_timeout()
+        let dialers = self
+            .tracked
+            .iter()
+            .filter_map(|id| self.dialers[id.0].as_deref()?.poll_timeout());
+        self.cluster.poll_timeout().into_iter().chain(dialers).min()
+    }
+
+    /// The earliest instant one server needs [`ClientCore::handle_server_timeout`].
+    pub fn server_poll_timeout(&self, id: ServerId) -> Option<Instant> {
+        let dialer = self
+            .dialers
+            .get(id.0)
+            .and_then(|d| d.as_deref())
+            .and_then(Dialer::poll_timeout);
+        self.cluster
+            .node(id)
+            .poll_timeout()
+            .into_iter()
+            .chain(dialer)
+            .min()
     }
 
     /// Bytes to write to a server's transport.
@@ -467,6 +712,15 @@ impl<P> ClientCore<P> {
 
     /// The next output of any server; servers take turns going first.
     pub fn poll(&mut self) -> Option<ClientOutput<P>> {
+        while let Some(&id) = self.with_outputs.front() {
+            if let Some(output) = self.dialer_output(id) {
+                return Some(output);
+            }
+            self.with_outputs.pop_front();
+            if let Some(dialer) = self.dialer_mut(id) {
+                dialer.marked = false;
+            }
+        }
         loop {
             let (id, output) = self.cluster.poll()?;
             if let Some(output) = self.translate(id, output) {
@@ -477,6 +731,9 @@ impl<P> ClientCore<P> {
 
     /// The next output of one server.
     pub fn poll_server(&mut self, id: ServerId) -> Option<ClientOutput<P>> {
+        if let Some(output) = self.dialer_output(id) {
+            return Some(output);
+        }
         loop {
             let output = self.cluster.node_mut(id).poll()?;
             if let Some(output) = self.translate(id, output) {
@@ -489,12 +746,22 @@ impl<P> ClientCore<P> {
     /// dropped: drain them even when there is no time left for events).
     pub fn has_pending_outputs(&self, id: ServerId) -> bool {
         self.cluster.node(id).has_pending_outputs()
+            || self
+                .dialers
+                .get(id.0)
+                .and_then(|d| d.as_deref())
+                .is_some_and(Dialer::has_outputs)
     }
 
     /// Whether a server's next output is an event (or it has none): a driver out of
     /// time for listeners stops polling that server there.
     pub fn next_is_event(&self, id: ServerId) -> bool {
-        self.cluster.node(id).next_is_event()
+        let dialer_first = self
+            .dialers
+            .get(id.0)
+            .and_then(|d| d.as_deref())
+            .is_some_and(Dialer::has_outputs);
+        !dialer_first && self.cluster.node(id).next_is_event()
     }
 
     /// Events a server has waiting.
@@ -514,9 +781,23 @@ impl<P> ClientCore<P> {
         self.cluster.metrics()
     }
 
-    /// Every server's metrics in the Prometheus text format.
+    /// Every server's metrics in the Prometheus text format (with the dialers' of
+    /// tracked servers).
     pub fn render_prometheus(&self) -> String {
-        self.cluster.render_prometheus()
+        self.render_prometheus_with(&[])
+    }
+
+    /// [`ClientCore::render_prometheus`] with drops of the application's own (see
+    /// [`render_prometheus_with`](crate::metrics::render_prometheus_with)).
+    pub fn render_prometheus_with(&self, more_drops: &[(&str, &str, u64)]) -> String {
+        let mut out = self.cluster.render_prometheus_with(more_drops);
+        let dialers: Vec<(&str, DialerStatus)> = self
+            .tracked
+            .iter()
+            .filter_map(|&id| Some((self.key(id), self.dialer_status(id)?)))
+            .collect();
+        crate::metrics::render_dialers(&dialers, &mut out);
+        out
     }
 
     /// Turns a node output into a client output; `None` for what only the core needs
@@ -531,17 +812,56 @@ impl<P> ClientCore<P> {
             },
             NodeOutput::Circuit(_) => return None,
             NodeOutput::Connection(output) => match output {
-                Output::Event(event) => ClientOutput::Event(event),
-                Output::Completed(completion) => return self.complete(id, completion),
-                Output::StateChanged { from, to } => ClientOutput::State {
-                    server: id,
-                    from,
-                    to,
-                },
+                Output::Event(event) => {
+                    if let Some(dialer) = self.dialer_mut(id) {
+                        let before = dialer.live_calls();
+                        dialer.on_event(&event.message, event.received_at);
+                        self.after_dialer_input(id, before, event.received_at);
+                    }
+                    ClientOutput::Event(event)
+                }
+                Output::Completed(completion) => {
+                    if let Some(dialer) = self.dialer_mut(id) {
+                        let before = dialer.live_calls();
+                        let own = dialer.on_completion(&completion);
+                        self.after_dialer_input(id, before, completion.completed_at);
+                        if own {
+                            return None;
+                        }
+                    }
+                    return self.complete(id, completion);
+                }
+                Output::StateChanged { from, to } => {
+                    if to.is_ready()
+                        && !from.is_ready()
+                        && let Some(now) = self.now
+                        && let Some(dialer) = self.dialer_mut(id)
+                    {
+                        dialer.logged_in(now);
+                    }
+                    ClientOutput::State {
+                        server: id,
+                        from,
+                        to,
+                    }
+                }
                 Output::Closed(reason) => ClientOutput::Disconnect { server: id, reason },
                 Output::Discarded(_) | Output::Unmatched(_) => return None,
             },
         })
+    }
+
+    /// After an event or completion reached a dialer: a call that ended may let a
+    /// held Originate go, and records may wait.
+    fn after_dialer_input(&mut self, id: ServerId, live_before: usize, now: Instant) {
+        let freed = self
+            .dialer_mut(id)
+            .is_some_and(|d| d.has_waiting() && d.live_calls() < live_before);
+        if freed {
+            self.run_dialer(id, now);
+        } else {
+            self.mark(id);
+        }
     }
 
     /// Frees the slot of a completed action and hands its payload back.

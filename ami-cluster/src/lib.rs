@@ -35,6 +35,7 @@ pub mod calls;
 pub mod circuit;
 pub mod client;
 pub mod cluster;
+pub mod dialer;
 pub mod health;
 pub mod metrics;
 pub mod node;
@@ -49,6 +50,7 @@ pub use calls::{CallCounters, CallEnded, CallTracker, Outcome, TrackerConfig};
 pub use circuit::{CircuitBreaker, CircuitConfig, CircuitState, Transition};
 pub use client::{ClientCore, ClientOutput, NotReady, Readiness, Refused, Ticket};
 pub use cluster::{Cluster, ClusterConfig, ClusterError, RouteError, ServerId};
+pub use dialer::{DialerConfig, DialerStatus};
 pub use health::{Health, RetryStatus};
 pub use metrics::{
     LatencyHistogram, NodeMetrics, render_memory, render_prometheus, render_prometheus_with,

@@ -291,6 +291,76 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The dialers of tracked servers (calls and pacing) in the Prometheus text format:
+/// `(server, status)` each.
+pub fn render_dialers(dialers: &[(&str, crate::DialerStatus)], out: &mut String) {
+    if dialers.is_empty() {
+        return;
+    }
+    type Value = fn(&crate::DialerStatus) -> String;
+    let samples: [(&str, &str, &str, Value); 8] = [
+        (
+            "ami_calls_live",
+            "gauge",
+            "Calls the tracker follows now (Originates in flight included).",
+            |d| d.live_calls.to_string(),
+        ),
+        (
+            "ami_calls_ended_total",
+            "counter",
+            "Calls the tracker ended.",
+            |d| d.calls.ended.to_string(),
+        ),
+        (
+            "ami_calls_evicted_total",
+            "counter",
+            "Calls ended unknown for age or for room.",
+            |d| d.calls.evicted.to_string(),
+        ),
+        (
+            "ami_paced_waiting",
+            "gauge",
+            "Originates waiting for the call limits now.",
+            |d| d.waiting.to_string(),
+        ),
+        (
+            "ami_paced_admitted_total",
+            "counter",
+            "Originates the call limits let go.",
+            |d| d.admitted.to_string(),
+        ),
+        (
+            "ami_paced_wait_seconds_total",
+            "counter",
+            "Time the admitted Originates waited for the call limits, in all.",
+            |d| format!("{:.3}", d.waited.as_secs_f64()),
+        ),
+        (
+            "ami_paced_refused_total",
+            "counter",
+            "Originates refused because the wait queue was full.",
+            |d| d.refused.to_string(),
+        ),
+        (
+            "ami_paced_failed_total",
+            "counter",
+            "Held Originates that waited past their timeout or were refused when their turn came.",
+            |d| (d.expired + d.not_sent).to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in samples {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (key, status) in dialers {
+            let _ = writeln!(
+                out,
+                "{name}{{server=\"{}\"}} {}",
+                escape(key),
+                value(status)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

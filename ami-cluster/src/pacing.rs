@@ -97,6 +97,24 @@ impl Pacer {
         Admission::Go
     }
 
+    /// Undoes an [`Admission::Go`] given at `at` to a call waiting since `since`, when
+    /// the call could not start after all: its token goes back and it is not counted.
+    pub fn refund(&mut self, since: Instant, at: Instant) {
+        if self.config.max_calls_per_second.is_some_and(|r| r > 0.0) {
+            self.tokens = (self.tokens + 1.0).min(f64::from(self.config.calls_burst.max(1)));
+        }
+        self.admitted = self.admitted.saturating_sub(1);
+        self.waited = self
+            .waited
+            .saturating_sub(at.saturating_duration_since(since));
+    }
+
+    /// Whether any limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.config.max_calls_per_second.is_some_and(|r| r > 0.0)
+            || self.config.max_concurrent_calls.is_some()
+    }
+
     /// Calls admitted so far, and the time they waited for it in all.
     pub fn totals(&self) -> (u64, Duration) {
         (self.admitted, self.waited)

@@ -14,8 +14,9 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use ami_cluster::{
-    ClientCore, ClientOutput, ClusterConfig, ClusterError, Health, NoServerAvailable, Node,
-    NodeMetrics, NotReady, Policy, Readiness, Refused, RouteError, ServerId, Strategy, Ticket,
+    CallEnded, ClientCore, ClientOutput, ClusterConfig, ClusterError, DialerConfig, DialerStatus,
+    Health, NoServerAvailable, Node, NodeMetrics, NotReady, Policy, Readiness, Refused, RouteError,
+    ServerId, Strategy, Ticket,
 };
 use ami_proto::{Action, ActionError, CloseReason, Config, Reply, SendError, State, Stats};
 use mio::net::TcpStream;
@@ -469,7 +470,7 @@ impl Driver {
     /// dropped itself: `(server, reason, total)` samples of `ami_dropped_events_total`.
     pub fn render_prometheus_with(&self, more_drops: &[(&str, &str, u64)]) -> String {
         match &self.core {
-            Some(core) => core.cluster().render_prometheus_with(more_drops),
+            Some(core) => core.render_prometheus_with(more_drops),
             None => {
                 let mut out = String::new();
                 ami_cluster::render_prometheus_with(&[], more_drops, &mut out);
@@ -677,6 +678,30 @@ impl Driver {
         self.listeners.add_health(Box::new(listener))
     }
 
+    /// Follows the calls of a server and paces its Originates (see
+    /// [`ami_cluster::dialer`]): every call it sees ends in one record for
+    /// [`Driver::on_call_ended`]; Originates over `config.pacing`'s limits wait their
+    /// turn unsent (their callbacks run when they complete), or are refused with
+    /// [`SendError::Paced`](ami_proto::SendError::Paced) when `max_waiting` already
+    /// wait.
+    pub fn track_calls(&mut self, id: ServerId, config: DialerConfig) {
+        self.core_mut().track_calls(id, config);
+    }
+
+    /// What a tracked server's dialer has seen and done (`None`: not tracked).
+    pub fn dialer_status(&self, id: ServerId) -> Option<DialerStatus> {
+        self.core.as_ref()?.dialer_status(id)
+    }
+
+    /// Calls `listener(server_key, call)` for every call that ends on a tracked
+    /// server ([`Driver::track_calls`]).
+    pub fn on_call_ended(
+        &mut self,
+        listener: impl FnMut(&str, &CallEnded) + 'static,
+    ) -> SubscriptionId {
+        self.listeners.add_call(Box::new(listener))
+    }
+
     /// Removes a listener; false if it was not there.
     pub fn unsubscribe(&mut self, id: SubscriptionId) -> bool {
         self.listeners.remove(id)
@@ -759,7 +784,7 @@ impl Driver {
                 {
                     wait = Duration::ZERO;
                 }
-                if let Some(at) = core.node(id).poll_timeout() {
+                if let Some(at) = core.server_poll_timeout(id) {
                     wait = wait.min(at.saturating_duration_since(now));
                 }
             }
@@ -821,7 +846,7 @@ impl Driver {
         for index in (0..count).filter(|&i| selected(i)) {
             let (server, id) = (&mut self.servers[index], ServerId(index));
             report.bytes_written += write_server(server, core, id, now);
-            if core.node(id).poll_timeout().is_some_and(|at| at <= now) {
+            if core.server_poll_timeout(id).is_some_and(|at| at <= now) {
                 core.handle_server_timeout(id, now);
                 report.progressed = true;
             }
@@ -955,6 +980,9 @@ impl Driver {
                 }
                 ClientOutput::State { from, to, .. } => {
                     self.listeners.dispatch_state(&server.key, from, to)
+                }
+                ClientOutput::CallEnded { call, .. } => {
+                    self.listeners.dispatch_call(&server.key, &call)
                 }
                 ClientOutput::Disconnect { reason, .. } => {
                     tracing::info!(server_key = %server.key, %reason, "connection closed");

@@ -5,7 +5,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use ami_cluster::Health;
+use ami_cluster::{CallEnded, Health};
 pub use ami_proto::events::Filter;
 use ami_proto::{Event, State};
 
@@ -17,6 +17,7 @@ type EventListener = Box<dyn FnMut(&Event)>;
 type StateListener = Box<dyn FnMut(&str, State, State)>;
 type HealthListener = Box<dyn FnMut(&str, Health, Health)>;
 type EventSink = Box<dyn FnMut(Event)>;
+type CallListener = Box<dyn FnMut(&str, &CallEnded)>;
 
 /// Every listener of a driver.
 #[derive(Default)]
@@ -24,6 +25,7 @@ pub(crate) struct Listeners {
     events: Vec<(SubscriptionId, Filter, EventListener)>,
     states: Vec<(SubscriptionId, StateListener)>,
     healths: Vec<(SubscriptionId, HealthListener)>,
+    calls: Vec<(SubscriptionId, CallListener)>,
     /// Takes every event by value after the listeners.
     sink: Option<EventSink>,
     next_id: u64,
@@ -37,6 +39,7 @@ impl std::fmt::Debug for Listeners {
             .field("events", &self.events.len())
             .field("states", &self.states.len())
             .field("healths", &self.healths.len())
+            .field("calls", &self.calls.len())
             .field("sink", &self.sink.is_some())
             .field("panics", &self.panics)
             .finish()
@@ -67,13 +70,20 @@ impl Listeners {
         id
     }
 
+    pub(crate) fn add_call(&mut self, listener: CallListener) -> SubscriptionId {
+        let id = self.next_id();
+        self.calls.push((id, listener));
+        id
+    }
+
     /// Removes a listener; false if there was none with this id.
     pub(crate) fn remove(&mut self, id: SubscriptionId) -> bool {
-        let count = |l: &Self| l.events.len() + l.states.len() + l.healths.len();
+        let count = |l: &Self| l.events.len() + l.states.len() + l.healths.len() + l.calls.len();
         let before = count(self);
         self.events.retain(|(i, _, _)| *i != id);
         self.states.retain(|(i, _)| *i != id);
         self.healths.retain(|(i, _)| *i != id);
+        self.calls.retain(|(i, _)| *i != id);
         before != count(self)
     }
 
@@ -124,6 +134,15 @@ impl Listeners {
             if catch_unwind(AssertUnwindSafe(|| listener(server_key, from, to))).is_err() {
                 self.panics += 1;
                 tracing::error!(server_key, "health listener panicked");
+            }
+        }
+    }
+
+    pub(crate) fn dispatch_call(&mut self, server_key: &str, call: &CallEnded) {
+        for (_, listener) in &mut self.calls {
+            if catch_unwind(AssertUnwindSafe(|| listener(server_key, call))).is_err() {
+                self.panics += 1;
+                tracing::error!(server_key, "call listener panicked");
             }
         }
     }

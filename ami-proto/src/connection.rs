@@ -937,7 +937,8 @@ impl Connection {
             ActionError::ConnectionClosed { reason } => reason,
             error @ (ActionError::Discarded(_)
             | ActionError::ListTooLong { .. }
-            | ActionError::MemoryLimit { .. }) => CloseReason::LoginFailed {
+            | ActionError::MemoryLimit { .. }
+            | ActionError::NotSent(_)) => CloseReason::LoginFailed {
                 error: Box::new(error),
             },
         };

@@ -154,6 +154,18 @@ impl Completion {
         }
     }
 
+    /// The completion of an action that failed before it was written (an Originate
+    /// held by a client's call limits): no ActionID yet (empty), no charge.
+    pub fn unsent(since: Instant, now: Instant, error: ActionError) -> Self {
+        Completion {
+            action_id: String::new(),
+            sent_at: since,
+            completed_at: now,
+            result: Err(error),
+            charge: None,
+        }
+    }
+
     /// Time from send to completion.
     pub fn latency(&self) -> Duration {
         self.completed_at.saturating_duration_since(self.sent_at)
@@ -256,7 +268,8 @@ impl Pending {
         let keeps = match self.stage {
             Stage::Response => true,
             Stage::EventList => is_error,
-            Stage::OriginateEvent => false,
+            // A pending action is past the pacing stage (it was written).
+            Stage::OriginateEvent | Stage::Paced => false,
         };
         if keeps && let Err(error) = self.charge(&response) {
             return Progress::Done(Err(error));
@@ -264,7 +277,7 @@ impl Pending {
         match self.stage {
             // PJSIPShowEndpoint may answer an Error inside its list: it ends the list.
             Stage::EventList if is_error => Progress::Done(Err(rejected(response))),
-            Stage::EventList | Stage::OriginateEvent => Progress::NotMine(response),
+            Stage::EventList | Stage::OriginateEvent | Stage::Paced => Progress::NotMine(response),
             Stage::Response if is_error => Progress::Done(Err(rejected(response))),
             Stage::Response => {
                 let starts_list = response

@@ -163,6 +163,14 @@ pub enum SendError {
     /// The action cannot be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// An Originate over the server's call limits (`max_calls_per_second`,
+    /// `max_concurrent_calls`) found its wait queue full: `waiting` Originates already
+    /// wait for their turn.
+    #[error("call limits reached and {waiting} Originates already wait (paced)")]
+    Paced {
+        /// Originates waiting when this one was refused (the queue's bound).
+        waiting: usize,
+    },
 }
 
 /// Which part of an action's exchange a deadline ran out in.
@@ -174,6 +182,8 @@ pub enum Stage {
     EventList,
     /// Waiting for the `OriginateResponse` event of an async Originate.
     OriginateEvent,
+    /// Waiting, unsent, for the server's call limits to let an Originate go.
+    Paced,
 }
 
 /// Why an action did not complete successfully. Every action completes exactly once:
@@ -212,6 +222,10 @@ pub enum ActionError {
         /// Items received in all.
         received: u64,
     },
+    /// The action waited unsent (an Originate held by the call limits) and the server
+    /// refused it when its turn came; nothing was written.
+    #[error("not sent when its turn came: {0}")]
+    NotSent(SendError),
     /// The reply was discarded by the parser (e.g. command output over its limit).
     #[error("reply discarded: {0}")]
     Discarded(ParseError),

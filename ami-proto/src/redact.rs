@@ -392,7 +392,8 @@ impl Redactor {
             other @ (ActionError::Timeout { .. }
             | ActionError::ListTooLong { .. }
             | ActionError::Discarded(_)
-            | ActionError::MemoryLimit { .. }) => other,
+            | ActionError::MemoryLimit { .. }
+            | ActionError::NotSent(_)) => other,
         }
     }
 }

@@ -5,11 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ami_cluster::{ClientCore, ClusterConfig, Health, NodeMetrics, NotReady, Policy, ServerId};
+use ami_cluster::{
+    ClientCore, ClusterConfig, DialerConfig, DialerStatus, Health, NodeMetrics, NotReady, Policy,
+    ServerId,
+};
 use ami_proto::action::{self, Action, Originate};
 use ami_proto::{Config, Filter, Reply, State};
 use futures_channel::oneshot;
 
+use crate::calls::{CallStream, DEFAULT_CALL_CAPACITY};
 use crate::error::ClientError;
 use crate::events::{DEFAULT_STREAM_CAPACITY, EventStream};
 use crate::runtime::Runtime;
@@ -31,6 +35,10 @@ pub struct ClientSpec {
     pub seed: Option<u64>,
     /// Events each stream buffers before it drops the oldest (default 10,000).
     pub stream_capacity: usize,
+    /// Track this server's calls and pace its Originates (see
+    /// [`ami_cluster::dialer`]); `None` (the default): neither. Ended calls come out
+    /// of [`Client::calls`].
+    pub calls: Option<DialerConfig>,
 }
 
 impl ClientSpec {
@@ -42,7 +50,14 @@ impl ClientSpec {
             policy: Policy::default(),
             seed: None,
             stream_capacity: DEFAULT_STREAM_CAPACITY,
+            calls: None,
         }
+    }
+
+    /// The spec with its calls tracked and paced by `config`.
+    pub fn with_calls(mut self, config: DialerConfig) -> ClientSpec {
+        self.calls = Some(config);
+        self
     }
 }
 
@@ -64,6 +79,11 @@ pub(crate) fn spawn_all<R: Runtime>(
     })?;
     for spec in &specs[1..] {
         core.add_with_policy(spec.config.clone(), spec.policy)?;
+    }
+    for (index, spec) in specs.iter().enumerate() {
+        if let Some(calls) = spec.calls {
+            core.track_calls(ServerId(index), calls);
+        }
     }
     let clock = rt.clone();
     let shared = Arc::new(Shared::new(core, Box::new(move || clock.now())));
@@ -305,6 +325,20 @@ impl Client {
     pub fn events_with_capacity(&self, filter: Filter, capacity: usize) -> EventStream {
         let filter = filter.server(self.key());
         self.shared.subscribers.subscribe(filter, capacity)
+    }
+
+    /// A stream of this server's ended calls (its spec must set
+    /// [`calls`](ClientSpec::calls); otherwise the stream stays empty), buffered up to
+    /// [`DEFAULT_CALL_CAPACITY`] records (drop-oldest, counted).
+    pub fn calls(&self) -> CallStream {
+        self.shared
+            .calls
+            .subscribe(Some(self.id), DEFAULT_CALL_CAPACITY)
+    }
+
+    /// What this server's dialer has seen and done (`None`: its calls are not tracked).
+    pub fn dialer_status(&self) -> Option<DialerStatus> {
+        self.shared.lock().core.dialer_status(self.id)
     }
 
     /// Live event streams of the task.

@@ -11,6 +11,7 @@ use ami_cluster::{ClusterError, NoServerAvailable, NodeMetrics, ServerId, Strate
 use ami_proto::{Action, Filter, Reply};
 use futures_core::Stream;
 
+use crate::calls::{CallStream, DEFAULT_CALL_CAPACITY};
 use crate::client::{Client, ClientSpec, spawn_all};
 use crate::error::ClientError;
 use crate::events::EventStream;
@@ -112,6 +113,14 @@ impl ClusterClient {
                 .subscribers
                 .subscribe(filter, client.stream_capacity()),
         }
+    }
+
+    /// One stream of the ended calls of every tracked server.
+    pub fn calls(&self) -> CallStream {
+        self.first()
+            .shared()
+            .calls
+            .subscribe(None, DEFAULT_CALL_CAPACITY)
     }
 
     /// Every server's metrics with its key, in registry order.

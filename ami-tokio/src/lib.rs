@@ -57,6 +57,7 @@
 //! tokio-rustls connections; on other runtimes, return your own `futures-io` TLS stream
 //! from a [`Custom`] connector.
 
+pub mod calls;
 pub mod client;
 pub mod cluster;
 pub mod error;
@@ -66,6 +67,7 @@ mod task;
 #[cfg(feature = "tls")]
 pub mod tls;
 
+pub use calls::{CallRecord, CallStream};
 pub use client::{Client, ClientSpec};
 pub use cluster::{ClusterClient, ClusterEvents};
 pub use error::ClientError;

@@ -33,6 +33,7 @@ use futures_util::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use futures_util::task::AtomicWaker;
 use futures_util::{AsyncRead, AsyncWrite};
 
+use crate::calls::{CallRecord, CallSubscribers};
 use crate::error::ClientError;
 use crate::events::Subscribers;
 use crate::runtime::{BoxFuture, BoxTransport, Runtime};
@@ -71,6 +72,8 @@ pub(crate) struct Inner {
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
     pub(crate) subscribers: Subscribers,
+    /// The call streams (of servers whose calls are tracked).
+    pub(crate) calls: CallSubscribers,
     /// Wakes the task: a handle changed something the task must act on.
     wake: AtomicWaker,
     woken: AtomicBool,
@@ -99,6 +102,7 @@ impl Shared {
                 waiters: Vec::new(),
             }),
             subscribers: Subscribers::default(),
+            calls: CallSubscribers::default(),
             wake: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             finished: AtomicBool::new(false),
@@ -339,6 +343,13 @@ fn drain<R: Runtime>(
                 // A dropped `send` future dropped its receiver: the reply goes nowhere.
                 let _ = payload.send(completion.result.map_err(ClientError::Failed));
             }
+            ClientOutput::CallEnded { server, call } => {
+                let record = CallRecord {
+                    server: inner.core.key(server).to_owned(),
+                    call: *call,
+                };
+                shared.calls.dispatch(server, record);
+            }
             ClientOutput::State { .. } | ClientOutput::Health { .. } => {}
         }
     }
@@ -411,5 +422,6 @@ fn finish(shared: &Shared) {
     debug_assert_eq!(inner.core.pending(), 0);
     drop(inner);
     shared.subscribers.finish_all();
+    shared.calls.finish_all();
     tracing::debug!("client task ended");
 }
