@@ -37,12 +37,11 @@ use ami_mio::{Driver, ServerId};
 use ami_proto::State;
 
 use crate::CliError;
-use crate::calls::Calls;
 use crate::config::FileConfig;
 use crate::http::{HttpEndpoint, ServerStatus, Snapshot, Status};
 use crate::json::{WallClock, unix_now};
 use crate::outlet::{Bounds, JsonLines, OutletQueue, Record};
-use crate::worker::{ConfigArg, driver_for, init_logging, select};
+use crate::worker::{CallTracking, ConfigArg, driver_for, init_logging, select};
 
 /// Arguments of `ami listen`.
 #[derive(Debug, clap::Args)]
@@ -207,7 +206,12 @@ pub(crate) fn serve(
     queue: OutletQueue,
     companion: impl FnOnce(&mut Driver, &[ServerId]) -> Result<Option<Box<dyn Companion>>, CliError>,
 ) -> Result<(), CliError> {
-    let (mut driver, ids) = driver_for(file, keys, |_| {})?;
+    let tracking = if settings.calls {
+        CallTracking::All
+    } else {
+        CallTracking::WhereLimited
+    };
+    let (mut driver, ids) = driver_for(file, keys, tracking, |_| {})?;
     let tick = settings.tick;
     let max_iterations = settings.max_iterations;
 
@@ -220,21 +224,25 @@ pub(crate) fn serve(
     let batch: Batch = Rc::default();
     let clock = Rc::new(Cell::new(WallClock::new()));
     let received: Rc<RefCell<EventCounts>> = Rc::default();
-    let calls = settings.calls.then(Calls::default);
     {
         let (batch, clock, received) = (batch.clone(), clock.clone(), received.clone());
-        let (calls, events) = (calls.clone(), settings.events);
+        let events = settings.events;
         driver.set_event_sink(move |event| {
             received.borrow_mut().count(event.server_key());
-            if let Some(calls) = &calls {
-                calls.handle(&event);
-            }
             if events {
                 let received_at = clock.get().unix_seconds(event.received_at);
                 batch
                     .borrow_mut()
                     .push(Record::Event { event, received_at });
             }
+        });
+    }
+    if settings.calls {
+        let (batch, clock) = (batch.clone(), clock.clone());
+        driver.on_call_ended(move |server, call| {
+            batch
+                .borrow_mut()
+                .push(Record::call(server, call, &clock.get()));
         });
     }
     let sessions = Sessions::watch(&mut driver, &batch);
@@ -273,14 +281,6 @@ pub(crate) fn serve(
         iterations += 1;
         slow_ticks.check(started.elapsed());
         sessions.report(&driver, &ids, &batch);
-        for server in sessions.back.borrow_mut().drain(..) {
-            if let Some(calls) = &calls {
-                calls.session_back(&mut driver, &server);
-            }
-        }
-        if let Some(calls) = &calls {
-            calls.report(&clock.get(), &mut batch.borrow_mut());
-        }
         if reported.is_none_or(|at| at.elapsed() >= REPORT_INTERVAL) {
             reported = Some(Instant::now());
             drops.report(&driver, &queue, &mut batch.borrow_mut());
@@ -288,15 +288,6 @@ pub(crate) fn serve(
                 let mut metrics = driver.render_prometheus_with(&drops.outlet_samples());
                 if let Some(companion) = &companion {
                     companion.render_metrics(&mut metrics);
-                }
-                if let Some(calls) = &calls {
-                    let (live, evicted) = calls.totals();
-                    metrics.push_str(&format!(
-                        "# HELP ami_calls_live Calls the call tracker follows now.\n\
-                         # TYPE ami_calls_live gauge\nami_calls_live {live}\n\
-                         # HELP ami_calls_evicted_total Calls given up unended (too old, no room).\n\
-                         # TYPE ami_calls_evicted_total counter\nami_calls_evicted_total {evicted}\n"
-                    ));
                 }
                 endpoint.publish(Snapshot {
                     metrics,
@@ -379,19 +370,15 @@ struct Sessions {
     lost: Rc<RefCell<Vec<Arc<str>>>>,
     /// Set once shutdown begins: closing sessions then are not losses.
     shutting_down: Rc<Cell<bool>>,
-    /// Servers whose session came back since the last look.
-    back: Rc<RefCell<Vec<Arc<str>>>>,
 }
 
 impl Sessions {
     fn watch(driver: &mut Driver, batch: &Batch) -> Sessions {
         let lost: Rc<RefCell<Vec<Arc<str>>>> = Rc::default();
-        let back: Rc<RefCell<Vec<Arc<str>>>> = Rc::default();
         let shutting_down = Rc::new(Cell::new(false));
         let was_lost: Rc<RefCell<HashMap<String, bool>>> = Rc::default();
         {
             let (lost, shutting_down, batch) = (lost.clone(), shutting_down.clone(), batch.clone());
-            let back = back.clone();
             driver.on_state_change(move |server, from, to| {
                 tracing::debug!(server_key = server, ?from, ?to, "connection state");
                 let mut was_lost = was_lost.borrow_mut();
@@ -399,7 +386,6 @@ impl Sessions {
                     was_lost.insert(server.to_owned(), true);
                     lost.borrow_mut().push(server.into());
                 } else if to.is_ready() && !from.is_ready() && was_lost.remove(server).is_some() {
-                    back.borrow_mut().push(server.into());
                     batch.borrow_mut().push(Record::SessionBack {
                         server: server.into(),
                         at: unix_now(),
@@ -410,7 +396,6 @@ impl Sessions {
         Sessions {
             lost,
             shutting_down,
-            back,
         }
     }
 

@@ -4,7 +4,6 @@
 //! each subcommand returns `Result<(), CliError>` and this file turns the error into a
 //! message on stderr and an exit code.
 
-mod calls;
 mod config;
 mod decode;
 mod demo;

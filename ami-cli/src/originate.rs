@@ -11,17 +11,17 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ami_mio::ami_cluster::{Admission, CallTracker, Pacer, TrackerConfig};
+use ami_mio::ami_cluster::CallEnded;
 use ami_mio::{Driver, ServerId};
 use ami_proto::action::{EventMask, Originate};
-use ami_proto::{ActionError, Reply};
+use ami_proto::{ActionError, Reply, SendError, Stage};
 
 use crate::CliError;
 use crate::json::WallClock;
 use crate::outlet::Record;
-use crate::worker::{ConfigArg, driver_for, init_logging, select};
+use crate::worker::{CallTracking, ConfigArg, driver_for, init_logging, select};
 
 /// Arguments of `ami originate`.
 #[derive(Debug, clap::Args)]
@@ -87,11 +87,7 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
     }
     let file = args.config.load()?;
     let keys = select(&file, args.server.as_deref(), false)?;
-    let settings = file
-        .server(&keys[0])
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    let mut pacer = Pacer::new(settings.pacing);
-    let (mut driver, ids) = driver_for(&file, &keys, |c| {
+    let (mut driver, ids) = driver_for(&file, &keys, CallTracking::All, |c| {
         c.events = EventMask::Classes(vec!["call".into()]);
     })?;
     let id = ids[0];
@@ -102,75 +98,57 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
         .wait_ready(id, LOGIN_WAIT)
         .map_err(|e| CliError::Failed(format!("{}: {e}", keys[0])))?;
 
-    let tracker = Rc::new(RefCell::new(CallTracker::new(TrackerConfig::default())));
+    // The core's dialer tracks the calls and paces the Originates.
+    let ended_calls: Rc<RefCell<Vec<CallEnded>>> = Rc::default();
     {
-        let tracker = tracker.clone();
-        driver.on_any_event(move |event| {
-            tracker
-                .borrow_mut()
-                .handle_event(&event.message, event.received_at);
-        });
+        let ended_calls = ended_calls.clone();
+        driver.on_call_ended(move |_, call| ended_calls.borrow_mut().push(call.clone()));
     }
-    let server: std::sync::Arc<str> = keys[0].as_str().into();
+    let server = keys[0].as_str();
     let completions: Completions = Rc::default();
-    let (mut placed, mut ended, mut failures) = (0u64, 0u64, 0u64);
-    // The ids our calls were registered under, until each has ended.
+    let (mut placed, mut failures) = (0u64, 0u64);
+    // The ChannelIds of our calls whose record is still to come.
     let mut ours: HashSet<String> = HashSet::new();
-    let mut waiting_since = Instant::now();
     let mut out = io::stdout().lock();
     let mut line = Vec::new();
     loop {
-        let now = Instant::now();
-        let mut wait = Duration::from_millis(20);
-        if placed < args.count {
-            let active = tracker.borrow().live_calls();
-            match pacer.admit(now, active, waiting_since) {
-                Admission::Go => {
+        // Every call is handed to the driver at once; those over the limits wait in
+        // its queue, and when that is full, here.
+        while placed < args.count {
+            match place(args, &mut driver, id, &completions) {
+                Ok(channel_id) => {
+                    ours.insert(channel_id);
                     placed += 1;
-                    waiting_since = now;
-                    match place(args, &mut driver, id, &tracker, &completions, now) {
-                        Ok(key) => {
-                            ours.insert(key);
-                        }
-                        Err((key, why)) => {
-                            tracing::error!(error = %why, "originate refused");
-                            ours.insert(key);
-                            failures += 1;
-                        }
-                    }
-                    wait = Duration::ZERO;
                 }
-                Admission::WaitUntil(at) => wait = at.saturating_duration_since(now).min(wait),
-                Admission::WaitForCall => {}
+                Err(SendError::Paced { .. }) => break,
+                Err(error) => {
+                    tracing::error!(%error, "originate refused");
+                    failures += 1;
+                    placed += 1;
+                }
             }
         }
-        driver.tick_all(wait);
-        let now = Instant::now();
-        for (key, result) in completions.borrow_mut().drain(..) {
-            let mut tracker = tracker.borrow_mut();
-            match result {
-                Ok(reply) => match reply.events.first() {
-                    Some(response) => tracker.originate_response_as(&key, response, now),
-                    None => tracker.originate_failed(&key, now),
-                },
-                Err(error) => {
-                    if matches!(
-                        error,
-                        ActionError::Rejected { .. } | ActionError::Timeout { .. }
-                    ) {
-                        failures += 1;
-                    }
-                    tracing::warn!(%error, channel_id = %key, "originate failed");
-                    tracker.originate_failed(&key, now);
+        driver.tick_all(Duration::from_millis(20));
+        for (channel_id, result) in completions.borrow_mut().drain(..) {
+            let Err(error) = result else { continue };
+            tracing::warn!(%error, channel_id = %channel_id, "originate failed");
+            match error {
+                // Never sent: no call, so no record comes.
+                ActionError::Timeout {
+                    stage: Stage::Paced,
+                    ..
                 }
+                | ActionError::NotSent(_) => {
+                    ours.remove(&channel_id);
+                    failures += 1;
+                }
+                // Sent: its call ends `failed` (or by its channels).
+                ActionError::Rejected { .. } | ActionError::Timeout { .. } => failures += 1,
+                _ => {}
             }
         }
         let clock = WallClock::new();
-        let mut tracker_ref = tracker.borrow_mut();
-        if tracker_ref.poll_timeout().is_some_and(|at| at <= now) {
-            tracker_ref.handle_timeout(now);
-        }
-        while let Some(call) = tracker_ref.poll_ended() {
+        for call in ended_calls.borrow_mut().drain(..) {
             // The server's other calls count for its limits, but are not ours to print.
             if !call
                 .registered_as
@@ -179,31 +157,24 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
             {
                 continue;
             }
-            ended += 1;
             line.clear();
-            Record::Call {
-                server: server.clone(),
-                created_at: clock.unix_seconds(call.created),
-                answered_at: call.answered.map(|at| clock.unix_seconds(at)),
-                ended_at: clock.unix_seconds(call.ended),
-                call: Box::new(call),
-            }
-            .write_json(&mut line);
+            Record::call(server, &call, &clock).write_json(&mut line);
             out.write_all(&line)
                 .and_then(|()| out.flush())
                 .map_err(|e| CliError::io("cannot write to stdout", e))?;
         }
-        if placed >= args.count && ended >= placed {
+        if placed >= args.count && ours.is_empty() {
             break;
         }
     }
-    let (admitted, waited) = pacer.totals();
-    tracing::info!(
-        calls = admitted,
-        waited_ms = waited.as_millis() as u64,
-        failures,
-        "calls placed"
-    );
+    if let Some(status) = driver.dialer_status(id) {
+        tracing::info!(
+            calls = status.admitted,
+            waited_ms = status.waited.as_millis() as u64,
+            failures,
+            "calls placed"
+        );
+    }
     driver.shutdown(Duration::from_secs(5));
     if failures > 0 {
         return Err(CliError::Failed(format!(
@@ -217,16 +188,14 @@ pub fn run(args: &OriginateArgs) -> Result<(), CliError> {
 /// Originate completions by the call's ChannelId, as they come.
 type Completions = Rc<RefCell<Vec<(String, Result<Reply, ActionError>)>>>;
 
-/// Sends one Originate and registers it with the tracker under its `ChannelId`,
-/// which it returns (with the refusal, when the driver refused it).
+/// Sends one Originate with a `ChannelId` of its own, which it returns (the core's
+/// tracker registers the call under it).
 fn place(
     args: &OriginateArgs,
     driver: &mut Driver,
     id: ServerId,
-    tracker: &Rc<RefCell<CallTracker>>,
     completions: &Completions,
-    now: Instant,
-) -> Result<String, (String, ami_proto::SendError)> {
+) -> Result<String, SendError> {
     let channel_id = unique_channel_id();
     let mut originate = match &args.exten {
         Some(exten) => Originate::extension(
@@ -252,18 +221,11 @@ fn place(
     if let Some(t) = args.timeout {
         originate = originate.with_timeout(Duration::from_secs_f64(t));
     }
-    tracker
-        .borrow_mut()
-        .originate(&channel_id, Some(&channel_id), args.vars.clone(), now);
     let done = completions.clone();
     let key = channel_id.clone();
-    let sent = driver.send(id, originate, move |result| {
+    driver.send(id, originate, move |result| {
         done.borrow_mut().push((key, result));
-    });
-    if let Err(error) = sent {
-        tracker.borrow_mut().originate_failed(&channel_id, now);
-        return Err((channel_id, error));
-    }
+    })?;
     Ok(channel_id)
 }
 

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use ami_mio::Health;
 use ami_proto::Event;
 
-use crate::json;
+use crate::json::{self, WallClock};
 
 /// One record of the stream `ami listen` writes.
 #[derive(Debug)]
@@ -104,6 +104,18 @@ pub enum Record {
 }
 
 impl Record {
+    /// The record of a call that ended on `server`, its instants in UNIX seconds by
+    /// `clock`.
+    pub fn call(server: &str, call: &ami_mio::ami_cluster::CallEnded, clock: &WallClock) -> Record {
+        Record::Call {
+            server: server.into(),
+            created_at: clock.unix_seconds(call.created),
+            answered_at: call.answered.map(|at| clock.unix_seconds(at)),
+            ended_at: clock.unix_seconds(call.ended),
+            call: Box::new(call.clone()),
+        }
+    }
+
     /// Writes the record as one JSON object and a newline (see the README's schema).
     pub fn write_json(&self, out: &mut Vec<u8>) {
         match self {

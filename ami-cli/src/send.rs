@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::CliError;
 use crate::config::FileConfig;
 use crate::json::{header_pairs, headers};
-use crate::worker::{ConfigArg, driver_for, init_logging, select};
+use crate::worker::{CallTracking, ConfigArg, driver_for, init_logging, select};
 
 /// Arguments of `ami send`.
 #[derive(Debug, clap::Args)]
@@ -173,7 +173,7 @@ fn connect(
             (key.clone(), needs)
         })
         .collect();
-    let (mut driver, ids) = driver_for(file, &keys, |c| {
+    let (mut driver, ids) = driver_for(file, &keys, CallTracking::WhereLimited, |c| {
         c.events = events
             .get(&*c.server_key)
             .cloned()

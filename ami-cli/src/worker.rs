@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use ami_mio::ami_cluster::{DialerConfig, Pacer};
 use ami_mio::{CircuitConfig, Driver, DriverOptions, Endpoint, Policy, ServerId, ServerSpec};
 
 use crate::CliError;
@@ -72,11 +73,23 @@ pub fn select(file: &FileConfig, server: Option<&str>, all: bool) -> Result<Vec<
     Ok(vec![settings.key.clone()])
 }
 
+/// Whether a command's driver follows the servers' calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallTracking {
+    /// Every server's (the command reports calls or places them).
+    All,
+    /// Only where the config sets call limits, so that its Originates are paced.
+    WhereLimited,
+}
+
 /// A driver with the servers `keys` added (not yet connected). `adjust` may change each
-/// server's connection settings (e.g. `Events: off` for one-shot commands).
+/// server's connection settings (e.g. `Events: off` for one-shot commands). The
+/// servers' calls are tracked and their Originates paced by the config's limits (the
+/// core's dialer, see `ami_cluster::dialer`) as `calls` says.
 pub fn driver_for(
     file: &FileConfig,
     keys: &[String],
+    calls: CallTracking,
     adjust: impl Fn(&mut ami_proto::Config),
 ) -> Result<(Driver, Vec<ServerId>), CliError> {
     let o = &file.options;
@@ -120,6 +133,15 @@ pub fn driver_for(
         let id = driver
             .add_server(spec)
             .map_err(|e| CliError::Usage(format!("servers.{key}: {e}")))?;
+        if calls == CallTracking::All || Pacer::new(settings.pacing).is_limited() {
+            driver.track_calls(
+                id,
+                DialerConfig {
+                    pacing: settings.pacing,
+                    ..DialerConfig::default()
+                },
+            );
+        }
         ids.push(id);
     }
     if let Some(default) = file

@@ -192,12 +192,21 @@ fn held_originates_go_out_at_the_rate_and_a_full_queue_refuses_with_paced() {
         assert!(call.action_id.is_some());
     }
     let status = net.core.dialer_status(ID).expect("tracked");
-    assert_eq!((status.admitted, status.waiting, status.live_calls), (4, 0, 0));
+    assert_eq!(
+        (status.admitted, status.waiting, status.live_calls),
+        (4, 0, 0)
+    );
     assert_eq!(status.waited, Duration::from_millis(200 + 400 + 600));
     assert_eq!(net.core.pending(), 0);
     let text = net.core.render_prometheus();
-    assert!(text.contains("ami_paced_refused_total{server=\"pbx\"} 1"), "{text}");
-    assert!(text.contains("ami_paced_wait_seconds_total{server=\"pbx\"} 1.200"), "{text}");
+    assert!(
+        text.contains("ami_paced_refused_total{server=\"pbx\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ami_paced_wait_seconds_total{server=\"pbx\"} 1.200"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -223,7 +232,10 @@ fn concurrency_holds_an_originate_until_a_call_ends_and_its_timeout_runs_out() {
         other => panic!("expected a paced timeout, got {other:?}"),
     }
     let status = net.core.dialer_status(ID).expect("tracked");
-    assert_eq!((status.expired, status.waiting, status.live_calls), (1, 0, 1));
+    assert_eq!(
+        (status.expired, status.waiting, status.live_calls),
+        (1, 0, 1)
+    );
     assert_eq!(net.core.pending(), 0);
 }
 
@@ -240,7 +252,11 @@ fn a_call_that_ends_lets_the_next_one_go() {
     for (i, (_, at, _)) in net.done.iter().enumerate() {
         assert_eq!(*at - t0, Duration::from_millis(50 * (i as u64 + 1)));
     }
-    assert!(net.calls.iter().all(|(_, c)| c.outcome == Outcome::Congestion));
+    assert!(
+        net.calls
+            .iter()
+            .all(|(_, c)| c.outcome == Outcome::Congestion)
+    );
 }
 
 #[test]

@@ -67,6 +67,7 @@ mod task;
 #[cfg(feature = "tls")]
 pub mod tls;
 
+pub use ami_cluster;
 pub use calls::{CallRecord, CallStream};
 pub use client::{Client, ClientSpec};
 pub use cluster::{ClusterClient, ClusterEvents};

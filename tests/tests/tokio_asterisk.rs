@@ -259,3 +259,67 @@ async fn one_connections_flood_does_not_delay_another_connections_ping() {
     flooded.close().await;
     quiet.close().await;
 }
+
+/// The core's dialer through `ami-tokio`: six Originates at 5 per second (a burst of
+/// one) leave 200 ms apart, and each call's record comes out of the call stream.
+#[tokio::test]
+async fn paced_originates_leave_at_the_rate_and_each_call_ends_in_a_record() {
+    use ami_tokio::ami_cluster::{DialerConfig, Outcome, PacingConfig};
+    let mut config = Config::new(
+        format!("paced-{}", unique_id("t")),
+        "admin",
+        asterisk().secret.clone(),
+    );
+    config.events = EventMask::Classes(vec!["call".into()]);
+    let dialer = DialerConfig {
+        pacing: PacingConfig {
+            max_calls_per_second: Some(5.0),
+            calls_burst: 1,
+            max_concurrent_calls: None,
+        },
+        ..DialerConfig::default()
+    };
+    let client = Client::spawn(Tokio, ClientSpec::new(config, addr()).with_calls(dialer));
+    client.wait_ready(Duration::from_secs(15)).await.unwrap();
+    let mut calls = client.calls();
+    let ids: Vec<String> = (0..6).map(|i| unique_id(&format!("paced{i}"))).collect();
+    let sends = ids.iter().map(|id| {
+        client.originate(
+            Originate::application("Local/busy@test", "Wait", "1")
+                .with_async(true)
+                .with_timeout(Duration::from_secs(5))
+                .with_channel_id(id.clone()),
+        )
+    });
+    let replies = futures_util::future::join_all(sends).await;
+    for reply in &replies {
+        let reply = reply.as_ref().expect("answered");
+        assert_eq!(reply.events[0].get("Reason"), Some("5"), "{reply:?}");
+    }
+    let mut created = Vec::new();
+    let deadline = Duration::from_secs(20);
+    while created.len() < ids.len() {
+        let record = tokio::time::timeout(deadline, calls.next())
+            .await
+            .expect("a record in time")
+            .expect("stream open");
+        let Some(i) = ids
+            .iter()
+            .position(|id| record.call.registered_as.as_ref() == Some(id))
+        else {
+            continue; // another test's call
+        };
+        assert_eq!(record.call.outcome, Outcome::Busy, "{record:?}");
+        assert_eq!(record.call.cause, Some(17), "{record:?}");
+        created.push((i, record.call.created));
+    }
+    created.sort();
+    for pair in created.windows(2) {
+        let gap = pair[1].1.saturating_duration_since(pair[0].1);
+        assert!(gap >= Duration::from_millis(195), "{created:?}");
+    }
+    let status = client.dialer_status().expect("tracked");
+    assert_eq!(status.admitted, 6);
+    assert!(status.waited >= Duration::from_millis(2_900), "{status:?}");
+    client.close().await;
+}

@@ -258,8 +258,10 @@ pub fn submit_failed(request_id: &str, server: &str, error: &SubmitError) -> Fie
     let kind = match error {
         SubmitError::UnknownServer(_) => "no_server",
         SubmitError::NoServer(_) => "no_server",
-        SubmitError::Refused(SendError::NotReady { .. }) => "not_ready",
+        SubmitError::Refused(SendError::NotReady { .. })
+        | SubmitError::Failed(ActionError::NotSent(SendError::NotReady { .. })) => "not_ready",
         SubmitError::Refused(SendError::Encode(_)) => "invalid",
+        SubmitError::Refused(SendError::Paced { .. }) => "paced",
         SubmitError::Refused(_) | SubmitError::InboxFull => "backpressure",
         SubmitError::Failed(ActionError::Rejected { .. }) => "refused",
         SubmitError::Failed(ActionError::Timeout { .. }) => "timeout",
@@ -405,5 +407,16 @@ mod tests {
             "timeout"
         );
         assert_eq!(name(SubmitError::DriverGone), "connection_closed");
+        assert_eq!(
+            name(SubmitError::Refused(SendError::Paced { waiting: 1000 })),
+            "paced"
+        );
+        assert_eq!(
+            name(SubmitError::Failed(ActionError::Timeout {
+                stage: ami_proto::Stage::Paced,
+                timeout: Duration::from_secs(30)
+            })),
+            "timeout"
+        );
     }
 }
