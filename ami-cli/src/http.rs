@@ -60,6 +60,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::CliError;
+use crate::worker::spawn_thread;
 
 /// The Prometheus text format's content type.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -204,14 +205,12 @@ impl HttpEndpoint {
         let (stop, stopped) = oneshot::channel();
         let thread = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("ami-http".into())
-                .spawn(move || {
-                    runtime.block_on(accept_loop(listener, shared, stopped));
-                    // Dropping the runtime drops every connection task, closing them.
-                    drop(runtime);
-                })
-                .map_err(|e| CliError::io("cannot start the HTTP endpoint's thread", e))?
+            spawn_thread("ami-http", move || {
+                runtime.block_on(accept_loop(listener, shared, stopped));
+                // Dropping the runtime drops every connection task, closing them.
+                drop(runtime);
+            })
+            .map_err(|e| CliError::io("cannot start the HTTP endpoint's thread", e))?
         };
         tracing::info!(%addr, "serving HTTP: /metrics, /healthz, /status and a status page on /");
         Ok(HttpEndpoint {

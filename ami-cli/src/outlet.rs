@@ -39,6 +39,7 @@ use ami_mio::Health;
 use ami_proto::Event;
 
 use crate::json::{self, WallClock};
+use crate::worker::spawn_thread;
 
 /// One record of the stream `ami listen` writes.
 #[derive(Debug)]
@@ -570,9 +571,7 @@ impl OutletQueue {
         });
         let thread = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || run(&shared, outlet))?
+            spawn_thread(name, move || run(&shared, outlet))?
         };
         Ok(OutletQueue {
             shared,

@@ -28,7 +28,7 @@ impl ConfigArg {
 /// Logs to stderr. The filter comes from `AMI_LOG`, else `RUST_LOG` (e.g. `debug`,
 /// `ami_proto=trace`), `info` by default. `AMI_LOG_FORMAT=json` writes one JSON
 /// object per line (the seeds' structured logs: `server_key`, `action_id` where the
-/// event has them, and `worker_pid` on the main thread's lines); anything else is
+/// event has them, and `worker_pid` on the lines of every thread the CLI starts); anything else is
 /// text.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMI_LOG")
@@ -53,10 +53,29 @@ pub fn init_logging() {
             .is_ok()
     };
     if installed {
-        // Every line the main thread logs carries the process id.
-        let span = tracing::info_span!("worker", worker_pid = std::process::id());
-        std::mem::forget(span.entered());
+        // Every line the main thread logs carries the process id, and so do the lines
+        // of the threads started with `spawn_thread`.
+        let span = WORKER_SPAN
+            .get_or_init(|| tracing::info_span!("worker", worker_pid = std::process::id()));
+        std::mem::forget(span.clone().entered());
     }
+}
+
+/// The `worker` span (its `worker_pid` field), once logging is set up.
+static WORKER_SPAN: std::sync::OnceLock<tracing::Span> = std::sync::OnceLock::new();
+
+/// Starts a named thread whose log lines carry `worker_pid`, as the main thread's do.
+pub fn spawn_thread<T: Send + 'static>(
+    name: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    let span = WORKER_SPAN
+        .get()
+        .cloned()
+        .unwrap_or_else(tracing::Span::none);
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || span.in_scope(body))
 }
 
 /// The keys of the servers a command should use: `--all`, `--server KEY`, or the

@@ -231,3 +231,57 @@ fn listen_appends_its_records_to_an_output_file() {
     assert_eq!(actions.try_iter().collect::<Vec<_>>(), ["Login", "Logoff"]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn json_logs_carry_worker_pid_on_every_thread() {
+    let (actions_tx, _actions) = mpsc::channel();
+    let (dir, config) = config_for(server(actions_tx), "ami-json-logs-test");
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_addr = http.local_addr().unwrap();
+    drop(http);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))
+        .args(["listen", "--config"])
+        .arg(&config)
+        .args(["--http-addr", &http_addr.to_string()])
+        .env("AMI_LOG", "debug")
+        .env("AMI_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    // The first record: the loop runs, and so does the HTTP endpoint.
+    stdout.read_line(&mut line).unwrap();
+    // Not HTTP: the endpoint's thread logs the failed connection.
+    let mut peer = std::net::TcpStream::connect(http_addr).unwrap();
+    peer.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut peer, &mut rest);
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let pid_of = |record: &serde_json::Value| {
+        record["spans"]
+            .as_array()
+            .and_then(|spans| spans.iter().find_map(|s| s["worker_pid"].as_u64()))
+    };
+    let http_line = lines
+        .iter()
+        .find(|r| r["message"] == "HTTP connection ended with an error")
+        .unwrap_or_else(|| panic!("no line from the HTTP thread: {stderr}"));
+    assert_eq!(pid_of(http_line), Some(u64::from(pid)), "{http_line}");
+    assert!(
+        lines.iter().all(|r| pid_of(r) == Some(u64::from(pid))),
+        "a line without worker_pid: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -42,6 +42,7 @@ use super::redis_outlet::text;
 use super::request::{self, Fields, Invalid, Request};
 use crate::CliError;
 use crate::config::GatewaySettings;
+use crate::worker::spawn_thread;
 
 /// How long a lease lives without a refresh.
 pub const LEASE_TTL: Duration = Duration::from_secs(6);
@@ -240,10 +241,7 @@ impl Actions {
                 submitter,
                 leases_at: None,
             };
-            std::thread::Builder::new()
-                .name("ami-gw-requests".into())
-                .spawn(move || reader.run())
-                .map_err(spawn_error)?
+            spawn_thread("ami-gw-requests", move || reader.run()).map_err(spawn_error)?
         };
         let writer = {
             let writer = Writer {
@@ -254,10 +252,7 @@ impl Actions {
                 give_up: give_up.clone(),
                 done: done_rx,
             };
-            std::thread::Builder::new()
-                .name("ami-gw-completions".into())
-                .spawn(move || writer.run())
-                .map_err(spawn_error)?
+            spawn_thread("ami-gw-completions", move || writer.run()).map_err(spawn_error)?
         };
         Ok(Actions {
             stop,
