@@ -28,8 +28,8 @@ impl ConfigArg {
 /// Logs to stderr. The filter comes from `AMI_LOG`, else `RUST_LOG` (e.g. `debug`,
 /// `ami_proto=trace`), `info` by default. `AMI_LOG_FORMAT=json` writes one JSON
 /// object per line (the seeds' structured logs: `server_key`, `action_id` where the
-/// event has them, and `worker_pid` on the lines of every thread the CLI starts); anything else is
-/// text.
+/// event has them, and `worker_pid` on the lines of every thread the CLI starts);
+/// anything else is text.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMI_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
