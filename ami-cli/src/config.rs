@@ -18,6 +18,7 @@
 //! events = "on"                 # "off", or classes: ["call", "system"] / "call,system"
 //! tls = false
 //! tls_ca = "ca.pem"             # optional; needs tls = true
+//! tls_roots = "system"          # or "bundled" (default); without tls_ca
 //! connect_timeout = 10          # per-server overrides of [options]
 //! read_timeout = 30
 //! write_buffer_limit = 5242880
@@ -68,6 +69,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ami_mio::ami_cluster::PacingConfig;
+pub use ami_mio::tls::Roots as TlsRoots;
 use ami_proto::action::EventMask;
 use ami_proto::redact::{RedactError, Redactor};
 use ami_proto::{AuthMethod, Config, Limits, Secret};
@@ -268,6 +270,9 @@ pub struct ServerSettings {
     /// CA bundle to verify the server with; only with `tls`. [`load`] makes a
     /// relative path relative to the configuration file's directory.
     pub tls_ca: Option<PathBuf>,
+    /// The roots trusted without `tls_ca`: `bundled` (Mozilla's, in the binary; the
+    /// default) or `system` (the OS trust store).
+    pub tls_roots: TlsRoots,
     /// The connection settings: credentials, `auth`, `events`, the `[options]`
     /// limits and timeouts, and this server's overrides of them.
     pub connection: Config,
@@ -706,6 +711,7 @@ const SERVER_FIELDS: &[Field] = &[
     field("events", Kind::Events),
     field("tls", Kind::Bool),
     field("tls_ca", Kind::OptText),
+    field("tls_roots", Kind::Choice(&["bundled", "system"])),
     seconds("connect_timeout"),
     seconds("read_timeout"),
     count("write_buffer_limit", 1),
@@ -1351,6 +1357,7 @@ struct RawServer {
     events: Option<Vec<String>>,
     tls: Option<bool>,
     tls_ca: Option<PathBuf>,
+    tls_roots: Option<String>,
     connect_timeout: Option<f64>,
     read_timeout: Option<f64>,
     write_buffer_limit: Option<usize>,
@@ -1611,6 +1618,23 @@ fn build_server(
             message: "set, but tls = false: set tls = true or remove tls_ca".to_owned(),
         });
     }
+    let tls_roots = match raw.tls_roots.as_deref() {
+        None => TlsRoots::Bundled,
+        Some(_) if !tls => {
+            return Err(ConfigError::BadValue {
+                key: join(&path, "tls_roots"),
+                message: "set, but tls = false: set tls = true or remove tls_roots".to_owned(),
+            });
+        }
+        Some(_) if raw.tls_ca.is_some() => {
+            return Err(ConfigError::BadValue {
+                key: join(&path, "tls_roots"),
+                message: "set with tls_ca, which alone is trusted: remove one".to_owned(),
+            });
+        }
+        Some("system") => TlsRoots::System,
+        Some(_) => TlsRoots::Bundled,
+    };
 
     let mut connection = Config::new(key.clone(), raw.username, Secret::new(raw.secret));
     connection.auth = match raw.auth.as_deref() {
@@ -1685,6 +1709,7 @@ fn build_server(
         port: raw.port.unwrap_or(5038),
         tls,
         tls_ca: raw.tls_ca,
+        tls_roots,
         connection,
     })
 }
@@ -2303,6 +2328,26 @@ mod tests {
         assert!(
             e.starts_with("servers.node_1.tls_ca: set, but tls = false"),
             "{e}"
+        );
+        let e = parse_err(&one_with(r#"tls_roots = "system""#));
+        assert!(
+            e.starts_with("servers.node_1.tls_roots: set, but tls = false"),
+            "{e}"
+        );
+        let e = parse_err(&one_with("tls = true\ntls_roots = \"os\""));
+        assert!(
+            e.starts_with(r#"servers.node_1.tls_roots: expected one of "bundled", "system""#),
+            "{e}"
+        );
+        let e = parse_err(&one_with(
+            "tls = true\ntls_ca = \"ca.pem\"\ntls_roots = \"system\"",
+        ));
+        assert!(e.contains("set with tls_ca"), "{e}");
+        let roots = |extra: &str| parse_ok(&one_with(extra)).servers["node_1"].tls_roots;
+        assert_eq!(roots("tls = true"), TlsRoots::Bundled);
+        assert_eq!(
+            roots("tls = true\ntls_roots = \"system\""),
+            TlsRoots::System
         );
         // An empty tls_ca is "not set".
         assert_eq!(

@@ -147,6 +147,7 @@ pub fn driver_for(
             spec.tls = Some(ami_mio::tls::TlsSettings {
                 server_name: settings.host.clone(),
                 ca_file: settings.tls_ca.clone(),
+                roots: settings.tls_roots,
             });
         }
         let id = driver

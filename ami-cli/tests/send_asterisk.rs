@@ -163,3 +163,46 @@ fn sigterm_logs_off_and_reports_the_action_interrupted() {
     let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(line["error"], "interrupted");
 }
+
+/// `tls_roots = "system"` trusts the operating system's store (here: the sandbox's CA,
+/// named by `SSL_CERT_FILE`, which the store reader honours); the bundled Mozilla roots
+/// do not know that CA, so the same server is refused with them.
+#[test]
+fn tls_roots_system_trusts_the_os_store_and_bundled_does_not() {
+    let a = ami_tests::asterisk::asterisk();
+    let dir = std::env::temp_dir().join(ami_tests::asterisk::unique_id("ami-tls-roots"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ping = |roots: &str| {
+        let path = dir.join(format!("{roots}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[servers.pbx]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"admin\"\nsecret = \"{}\"\ntls = true\ntls_roots = \"{roots}\"\n",
+                a.tls_port, a.secret
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_ami"))
+            .args(["send", "--config"])
+            .arg(&path)
+            .arg("Ping")
+            .env("SSL_CERT_FILE", &a.tls_ca)
+            .env("AMI_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let system = ping("system");
+    let stdout = String::from_utf8_lossy(&system.stdout);
+    assert_eq!(
+        system.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&system.stderr)
+    );
+    assert!(stdout.contains("Pong"), "{stdout}");
+    let bundled = ping("bundled");
+    assert_ne!(bundled.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&bundled.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ami_tls::ClientTls;
 use ami_tls::rustls::pki_types::ServerName;
 use ami_tls::rustls::{ClientConfig, ClientConnection};
-pub use ami_tls::{TlsError, TlsSettings};
+pub use ami_tls::{Roots, TlsError, TlsSettings};
 use mio::net::TcpStream;
 
 /// A verified client configuration, built once per server.

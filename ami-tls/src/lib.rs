@@ -3,8 +3,11 @@
 //! # ami-tls: how the drivers verify an Asterisk's TLS certificate
 //!
 //! AMI over TLS (Asterisk's `tlsenable`, usually port 5039) with rustls. Certificates
-//! are always verified: against the CA file you name, or else the Mozilla root set
-//! (`webpki-roots`); there is no switch to turn verification off. This crate only
+//! are always verified: against the CA file you name, or else a root set chosen by
+//! [`Roots`]: Mozilla's, bundled in the binary (`webpki-roots`), or the operating
+//! system's store (`rustls-native-certs`: `/etc/ssl/certs` on Debian, where a private
+//! PBX CA added with `update-ca-certificates` lives). There is no switch to turn
+//! verification off. This crate only
 //! builds the verified client configuration; each driver wraps its own sockets with it
 //! (`ami-mio` over non-blocking mio sockets, `ami-tokio` with tokio-rustls).
 
@@ -16,13 +19,38 @@ use rustls::{ClientConfig, RootCertStore};
 
 pub use rustls;
 
+/// Which roots to trust when no CA file is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Roots {
+    /// Mozilla's root set, compiled into the binary (`webpki-roots`): the same on
+    /// every machine, updated with the crate.
+    #[default]
+    Bundled,
+    /// The operating system's trust store, read when the connection is set up (a
+    /// private CA installed there is trusted).
+    System,
+}
+
 /// How to verify the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     /// The name the certificate must carry (a DNS name or an IP address).
     pub server_name: String,
-    /// PEM file of the CA(s) to trust; `None` trusts the Mozilla root set.
+    /// PEM file of the CA(s) to trust; `None` trusts [`TlsSettings::roots`].
     pub ca_file: Option<PathBuf>,
+    /// The roots trusted when there is no `ca_file`.
+    pub roots: Roots,
+}
+
+impl TlsSettings {
+    /// Verifies `server_name` against the bundled Mozilla roots.
+    pub fn new(server_name: impl Into<String>) -> TlsSettings {
+        TlsSettings {
+            server_name: server_name.into(),
+            ca_file: None,
+            roots: Roots::Bundled,
+        }
+    }
 }
 
 /// Why TLS could not be set up.
@@ -36,6 +64,9 @@ pub enum TlsError {
         /// What went wrong.
         message: String,
     },
+    /// The system trust store could not be read or holds no certificate.
+    #[error("cannot load the system's root certificates: {0}")]
+    SystemRoots(String),
     /// The server name is neither a DNS name nor an IP address.
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
@@ -66,7 +97,20 @@ impl ClientTls {
                     })?;
                 }
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            None => match settings.roots {
+                Roots::Bundled => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+                Roots::System => {
+                    let found = rustls_native_certs::load_native_certs();
+                    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+                    if added == 0 {
+                        let why = found
+                            .errors
+                            .first()
+                            .map_or_else(|| "no certificate found".to_owned(), ToString::to_string);
+                        return Err(TlsError::SystemRoots(why));
+                    }
+                }
+            },
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
@@ -105,25 +149,18 @@ mod tests {
     #[test]
     fn bad_inputs_are_typed_errors() {
         let missing = TlsSettings {
-            server_name: "127.0.0.1".into(),
             ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsSettings::new("127.0.0.1")
         };
         assert!(matches!(
             ClientTls::new(&missing),
             Err(TlsError::CaFile { .. })
         ));
-        let bad_name = TlsSettings {
-            server_name: "not a name!".into(),
-            ca_file: None,
-        };
+        let bad_name = TlsSettings::new("not a name!");
         assert!(matches!(
             ClientTls::new(&bad_name),
             Err(TlsError::ServerName(_))
         ));
-        let good = TlsSettings {
-            server_name: "pbx.example".into(),
-            ca_file: None,
-        };
-        assert!(ClientTls::new(&good).is_ok());
+        assert!(ClientTls::new(&TlsSettings::new("pbx.example")).is_ok());
     }
 }

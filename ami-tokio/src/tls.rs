@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use ami_tls::ClientTls;
 use ami_tls::rustls::pki_types::ServerName;
-pub use ami_tls::{TlsError, TlsSettings};
+pub use ami_tls::{Roots, TlsError, TlsSettings};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::runtime::{BoxFuture, BoxTransport, Runtime, Tokio};

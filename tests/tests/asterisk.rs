@@ -265,6 +265,7 @@ fn tls_spec(server_name: &str) -> impl FnOnce(&mut ServerSpec) + '_ {
         spec.tls = Some(TlsSettings {
             server_name: server_name.to_owned(),
             ca_file: Some(asterisk().tls_ca.clone()),
+            roots: Default::default(),
         });
         calls_only(spec);
     }

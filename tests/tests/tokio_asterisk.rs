@@ -120,6 +120,7 @@ async fn tls_login_verifies_the_certificate() {
     let settings = |name: &str| TlsSettings {
         server_name: name.to_owned(),
         ca_file: Some(env.tls_ca.clone()),
+        roots: Default::default(),
     };
     let config = |key: &str| Config::new(unique_id(key), "admin", env.secret.clone());
     let tls = TokioTls::new(&settings("127.0.0.1")).unwrap();
