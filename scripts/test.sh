@@ -41,6 +41,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v php >/dev/null || missing+=(php-cli)
 php -m 2>/dev/null | grep -qx redis || missing+=(php-redis)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The service files are checked with systemd-analyze verify.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]} (apt-get)"
     apt-get update
@@ -66,6 +68,29 @@ echo "== cargo package (every published crate builds from its package alone)"
 rm -rf target/package-check "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/ami-*
 CARGO_TARGET_DIR=target/package-check \
     cargo package --workspace --exclude ami-tests --allow-dirty --quiet
+echo "== cargo install into a temporary root; the installed ami runs"
+install_root=$(mktemp -d)
+# The release target directory is shared with the tests below, which reuse its builds.
+cargo install --path ami-cli --root "$install_root" --target-dir target --locked --quiet
+"$install_root/bin/ami" --version
+for shell in bash zsh fish; do
+    "$install_root/bin/ami" completions "$shell" | grep -q ami
+done
+"$install_root/bin/ami" manpage | grep -q '^\.TH'
+echo "== systemd-analyze verify packaging/systemd/*.service"
+# With ExecStart pointing at the installed binary; any complaint fails the run (a
+# unit that does not parse is only warned about, with exit code 0).
+units=$(mktemp -d)
+for unit in packaging/systemd/*.service; do
+    sed "s#/usr/local/bin/ami#$install_root/bin/ami#" "$unit" > "$units/$(basename "$unit")"
+done
+complaints=$(systemd-analyze verify "$units"/*.service 2>&1) || true
+rm -rf "$units" "$install_root"
+if [ -n "$complaints" ]; then
+    echo "$complaints" >&2
+    echo "error: systemd-analyze verify complained about the service files" >&2
+    exit 1
+fi
 echo "== Asterisk 22 sandbox (the conformance tests talk to it)"
 # A failed start fails the run, never skips.
 # shellcheck source=scripts/sandbox-env.sh

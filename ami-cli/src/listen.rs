@@ -41,6 +41,7 @@ use crate::config::FileConfig;
 use crate::http::{HttpEndpoint, ServerStatus, Snapshot, Status};
 use crate::json::{WallClock, unix_now};
 use crate::outlet::{Bounds, JsonLines, OutletQueue, Record};
+use crate::service::ServiceNotifier;
 use crate::worker::{CallTracking, ConfigArg, driver_for, init_logging, select};
 
 /// Arguments of `ami listen`.
@@ -270,11 +271,14 @@ pub(crate) fn serve(
         .connect_all()
         .map_err(|e| CliError::Failed(e.to_string()))?;
 
+    let mut service = ServiceNotifier::new();
+    service.ready();
     let mut iterations = 0u64;
     let mut slow_ticks = SlowTicks::default();
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) && max_iterations.is_none_or(|max| iterations < max) {
         let started = Instant::now();
+        service.tick();
         // Re-anchored every tick, so that `received_at` follows the wall clock.
         clock.set(WallClock::new());
         let report = driver.tick_all(tick);
@@ -317,6 +321,7 @@ pub(crate) fn serve(
             std::thread::sleep(SPIN_GUARD);
         }
     }
+    service.stopping();
     let deadline = Instant::now() + SHUTDOWN_LIMIT;
     if stop.load(Ordering::Relaxed) {
         tracing::info!("signal received: shutting down");

@@ -14,6 +14,7 @@ mod listen;
 mod originate;
 mod outlet;
 mod send;
+mod service;
 mod worker;
 
 use std::fmt;

@@ -285,3 +285,52 @@ fn json_logs_carry_worker_pid_on_every_thread() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Under systemd (`Type=notify`): `READY=1` once the loop runs, `WATCHDOG=1` at half
+/// `WATCHDOG_USEC` from the loop, `STOPPING=1` on SIGTERM, on the `NOTIFY_SOCKET`.
+#[test]
+fn listen_tells_its_service_manager_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let (actions_tx, _actions) = mpsc::channel();
+    let (dir, config) = config_for(server(actions_tx), "ami-notify-test");
+    let socket_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ami"))
+        .args(["listen", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("AMI_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut next = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).trim().to_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    // Pings every 100 ms or so (half of 200 ms), from the loop.
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(150), "too fast");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut rest = next();
+    while rest == "WATCHDOG=1" {
+        rest = next();
+    }
+    assert_eq!(rest, "STOPPING=1");
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    let _ = std::fs::remove_dir_all(dir);
+}
