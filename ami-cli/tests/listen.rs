@@ -309,7 +309,7 @@ fn listen_tells_its_service_manager_ready_watchdog_and_stopping() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 256];
         let n = socket.recv(&mut buf).expect("a notification in time");
         String::from_utf8_lossy(&buf[..n]).trim().to_owned()
