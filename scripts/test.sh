@@ -104,4 +104,27 @@ echo "== cargo test (release)"
 cargo test --release --workspace --all-targets
 echo "== doc tests"
 cargo test --release --workspace --doc
+echo "== the examples, run against the sandbox Asterisk"
+cargo build --release --quiet -p ami-proto -p ami-mio -p ami-tokio --examples
+run_example() {
+    local name=$1 want=$2 out
+    if ! out=$(AMI_HOST=127.0.0.1 AMI_PORT="$AMI_ASTERISK_PORT" \
+        AMI_ADDR="127.0.0.1:$AMI_ASTERISK_PORT" AMI_USERNAME=admin \
+        AMI_SECRET="$AMI_ASTERISK_SECRET" AMI_ORIGINATE=Local/answer@test \
+        timeout 60 "target/release/examples/$name" 2>&1); then
+        echo "$out" >&2
+        echo "error: example $name failed" >&2
+        exit 1
+    fi
+    if ! grep -qF "$want" <<<"$out"; then
+        echo "$out" >&2
+        echo "error: example $name did not print: $want" >&2
+        exit 1
+    fi
+    echo "$name: $want"
+}
+run_example one_server "originate: Success (reason 4)"
+run_example many_servers "answers: pong pong pong pong pong pong"
+run_example async_client "originate: Success (reason 4)"
+run_example sans_io "ping: Pong"
 echo "== all checks passed"
