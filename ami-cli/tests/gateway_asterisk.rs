@@ -667,3 +667,65 @@ fn two_gateways_split_the_servers_and_forward_to_each_other() {
         third.log()
     );
 }
+
+/// The gateway paces workers' Originates by the server's limits (here 2 per second, a
+/// burst of one): four requests put at once leave 500 ms apart, as the calls'
+/// `created_at` in `ami:calls:pbx` show, and each completes with its
+/// `OriginateResponse`.
+#[test]
+fn workers_originates_are_paced_by_the_servers_limits() {
+    let _turn = turn();
+    let redis = RedisServer::start();
+    let path = config(&[("pbx", "call", None)], 128 << 20, "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("[options]\n", "[options]\nmax_calls_per_second = 2\n"),
+    )
+    .unwrap();
+    let gw = gateway(&path, &redis, &[]);
+    gw.wait_healthy(&["pbx"]);
+    let mut conn = redis.connect();
+    let reply = unique_id("paced");
+    let channel_ids: Vec<String> = (0..4).map(|i| unique_id(&format!("paced{i}"))).collect();
+    let ids: Vec<String> = channel_ids
+        .iter()
+        .map(|channel_id| {
+            let headers = format!(
+                r#"[["Channel","Local/busy@test"],["Application","Wait"],["Data","1"],["Async","true"],["Timeout","5000"],["ChannelId","{channel_id}"]]"#
+            );
+            request(
+                &mut conn,
+                "ami:actions",
+                &reply,
+                &[("action", "Originate"), ("server", "pbx"), ("headers", &headers)],
+            )
+        })
+        .collect();
+    let done = completions(&mut conn, &reply, &ids, Duration::from_secs(30));
+    for id in &ids {
+        assert_eq!(done[id]["status"], "ok", "{:?}", done[id]);
+        assert!(
+            done[id]["originate_response"].contains("\"5\""),
+            "{:?}",
+            done[id]
+        );
+    }
+    let mut created = Vec::new();
+    wait_until(Duration::from_secs(20), "the four call records", || {
+        created = read_all(&mut conn, "ami:calls:pbx")
+            .into_iter()
+            .filter(|(_, f)| channel_ids.iter().any(|c| f.get("uniqueid") == Some(c)))
+            .map(|(_, f)| f["created_at"].parse::<f64>().unwrap())
+            .collect();
+        created.len() == channel_ids.len()
+    });
+    created.sort_by(f64::total_cmp);
+    for pair in created.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 0.49,
+            "calls not 500 ms apart: {created:?}"
+        );
+    }
+    gw.wait_metric("ami_paced_admitted_total", "server=\"pbx\"", 4.0);
+}
