@@ -79,6 +79,10 @@ struct Output {
     dropped: BTreeMap<String, u64>,
     /// The `type`s of the other records.
     status: Vec<String>,
+    /// A text to look for in event records (empty: none)...
+    probe: String,
+    /// ...and the `received_at` of those that hold it.
+    probe_received: Vec<f64>,
 }
 
 impl Output {
@@ -92,6 +96,12 @@ impl Output {
                 None => {
                     self.events.insert(server.to_owned(), 1);
                 }
+            }
+            if !self.probe.is_empty() && line.contains(&self.probe) {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                self.probe_received
+                    .push(record["received_at"].as_f64().unwrap());
+                return;
             }
             if !line.contains("[\"UserEvent\",\"Flood") {
                 return;
@@ -290,6 +300,59 @@ fn a_reader_that_stalls_costs_events_counted_never_the_sessions() {
     // the first drop) report outlet drops only, no more than the metric counted.
     assert!(read.dropped.keys().all(|reason| reason == "outlet_slow"));
     assert!(read.dropped.values().sum::<u64>() <= outlet_slow);
+}
+
+/// Seconds since the UNIX epoch, as `received_at` counts them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn a_stalled_reader_does_not_delay_reading_another_server() {
+    let _turn = turn();
+    let keys = ["flooded", "second"];
+    let config = config(&[("flooded", "user"), ("second", "call")], 256 << 20);
+    let mut listen = listen(&config);
+    let stdout = listen.stdout.take().unwrap();
+    listen.wait_healthy(&keys);
+    // 5,000 UserEvents are far more than the pipe holds: the outlet is blocked in its
+    // write, with the rest queued behind it.
+    let mut flooder = Flooder::new();
+    flooder.flood(5_000);
+    // A call on the second server meanwhile: listen reads its events at once (their
+    // `received_at`), though they wait behind the flood for the pipe.
+    let probe = unique_id("probe");
+    let probed_at = unix_now();
+    ami_tests::asterisk::probe_call(&probe);
+    // Then the reader wakes up and takes everything.
+    let progress: Arc<Mutex<Output>> = Arc::new(Mutex::new(Output {
+        probe: probe.clone(),
+        ..Output::default()
+    }));
+    let reading = reader(stdout, progress.clone());
+    wait_until(Duration::from_secs(30), "the probe's events", || {
+        !progress.lock().unwrap().probe_received.is_empty()
+    });
+    listen.terminate();
+    let (code, _) = listen.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", listen.log());
+    reading.join().unwrap();
+    let read = progress.lock().unwrap();
+    assert_eq!(read.flood_seqs.len(), 5_000, "nothing was dropped");
+    let first = read
+        .probe_received
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let delay = first - probed_at;
+    eprintln!(
+        "stalled reader: the second server's first probe event was read {:.0} ms after the call was placed",
+        delay * 1000.0
+    );
+    assert!(delay < 1.0, "read {delay:.3} s after the call");
 }
 
 #[test]

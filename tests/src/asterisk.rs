@@ -404,6 +404,38 @@ mod tests {
     }
 }
 
+/// Places a short call on the sandbox Asterisk (instance `a`) from a session of its
+/// own (`Local/answer@test` running `Wait(1)`, async), its first channel's `Uniqueid`
+/// `channel_id`, and waits for its `OriginateResponse`: a probe whose events
+/// (`Newchannel`, `Newstate`, ... in the `call` class) other sessions see.
+///
+/// # Panics
+/// When the login or the Originate fails, or no answer comes within 15 s.
+pub fn probe_call(channel_id: &str) {
+    let mut driver = Driver::new().expect("a driver");
+    let mut config = Config::new("prober", "admin", asterisk().secret.clone());
+    config.events = EventMask::Classes(vec!["call".into()]);
+    let id = driver
+        .add_server(ServerSpec::new(config, asterisk().endpoint()))
+        .expect("a server");
+    driver.connect(id).expect("connect");
+    driver
+        .wait_ready(id, Duration::from_secs(15))
+        .expect("the prober's login");
+    let originate = Originate::application("Local/answer@test", "Wait", "1")
+        .with_async(true)
+        .with_channel_id(channel_id);
+    let reply = driver
+        .send_and_wait(id, originate)
+        .expect("the probe's Originate");
+    assert_eq!(
+        reply.events[0].get("Response"),
+        Some("Success"),
+        "{reply:?}"
+    );
+    driver.shutdown(Duration::from_secs(5));
+}
+
 /// A test's own session to the sandbox Asterisk (instance `a`) that starts dialplan
 /// floods (`Local/flood@test`: `COUNT` `UserEvent Flood` with `Seq`, then
 /// `FloodDone`) and sees their end.
