@@ -150,8 +150,12 @@ fn main() -> ExitCode {
         Task::Command(args) => send::run_command(&args),
         Task::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "ami", &mut io::stdout());
-            Ok(())
+            // Into a buffer first: clap_complete panics on a write error (a reader
+            // that closed the pipe early), which then reaches us as an error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "ami", &mut script);
+            io::Write::write_all(&mut io::stdout(), &script)
+                .map_err(|e| CliError::io("cannot write the completion script", e))
         }
         Task::Manpage => {
             let command = <Cli as clap::CommandFactory>::command();

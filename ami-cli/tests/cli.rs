@@ -53,3 +53,29 @@ fn the_manual_page_is_roff_and_names_every_subcommand() {
         assert!(page.contains(command), "{command}");
     }
 }
+
+/// `ami completions bash | grep -q ami` closes the pipe early: no panic, exit 0.
+#[test]
+fn a_reader_that_stops_early_is_no_error() {
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "zsh"],
+        &["manpage"],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ami"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{args:?}: {:?} {stderr}",
+            output.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
