@@ -62,10 +62,10 @@ fn a_reader_that_stops_early_is_no_error() {
         &["completions", "zsh"],
         &["manpage"],
     ] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ami"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ami"))
             .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         drop(child.stdout.take());
