@@ -513,20 +513,7 @@ impl<P> ClientCore<P> {
     fn dialer_output(&mut self, id: ServerId) -> Option<ClientOutput<P>> {
         let dialer = self.dialers.get_mut(id.0)?.as_deref_mut()?;
         if let Some((slot, completion)) = dialer.failed.pop_front() {
-            let entry = &mut self.slots[slot as usize];
-            let payload = entry.payload.take()?;
-            let ticket = Ticket {
-                server: id,
-                slot,
-                reuse: entry.reuse,
-            };
-            entry.reuse = entry.reuse.wrapping_add(1);
-            self.free.push(slot);
-            return Some(ClientOutput::Completed {
-                ticket,
-                payload,
-                completion,
-            });
+            return self.release(id, slot, completion);
         }
         let call = dialer.poll_ended()?;
         Some(ClientOutput::CallEnded {
@@ -868,6 +855,16 @@ impl<P> ClientCore<P> {
     fn complete(&mut self, id: ServerId, completion: Completion) -> Option<ClientOutput<P>> {
         let (generation, counter) = action_tag(&completion.action_id)?;
         let slot = self.by_action.remove(&(id, generation, counter))?;
+        self.release(id, slot, completion)
+    }
+
+    /// Frees `slot`, its action done with `completion`, and hands its payload back.
+    fn release(
+        &mut self,
+        id: ServerId,
+        slot: u32,
+        completion: Completion,
+    ) -> Option<ClientOutput<P>> {
         let entry = &mut self.slots[slot as usize];
         let payload = entry.payload.take()?;
         let ticket = Ticket {

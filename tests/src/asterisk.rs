@@ -404,6 +404,26 @@ mod tests {
     }
 }
 
+/// A logged-in session `key` to the sandbox Asterisk (instance `a`) taking the events
+/// of one `class`, none blocked.
+///
+/// # Panics
+/// When the login fails within 15 s.
+fn session(key: &str, class: &str) -> (Driver, ServerId) {
+    let mut driver = Driver::new().expect("a driver");
+    let mut config = Config::new(key, "admin", asterisk().secret.clone());
+    config.events = EventMask::Classes(vec![class.into()]);
+    config.blocked_events = Vec::new();
+    let id = driver
+        .add_server(ServerSpec::new(config, asterisk().endpoint()))
+        .expect("a server");
+    driver.connect(id).expect("connect");
+    driver
+        .wait_ready(id, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("the {key}'s login: {e}"));
+    (driver, id)
+}
+
 /// Places a short call on the sandbox Asterisk (instance `a`) from a session of its
 /// own (`Local/answer@test` running `Wait(1)`, async), its first channel's `Uniqueid`
 /// `channel_id`, and waits for its `OriginateResponse`: a probe whose events
@@ -412,16 +432,7 @@ mod tests {
 /// # Panics
 /// When the login or the Originate fails, or no answer comes within 15 s.
 pub fn probe_call(channel_id: &str) {
-    let mut driver = Driver::new().expect("a driver");
-    let mut config = Config::new("prober", "admin", asterisk().secret.clone());
-    config.events = EventMask::Classes(vec!["call".into()]);
-    let id = driver
-        .add_server(ServerSpec::new(config, asterisk().endpoint()))
-        .expect("a server");
-    driver.connect(id).expect("connect");
-    driver
-        .wait_ready(id, Duration::from_secs(15))
-        .expect("the prober's login");
+    let (mut driver, id) = session("prober", "call");
     let originate = Originate::application("Local/answer@test", "Wait", "1")
         .with_async(true)
         .with_channel_id(channel_id);
@@ -457,17 +468,7 @@ impl Flooder {
     /// # Panics
     /// When the login fails within 15 s.
     pub fn new() -> Flooder {
-        let mut driver = Driver::new().expect("a driver");
-        let mut config = Config::new("flooder", "admin", asterisk().secret.clone());
-        config.events = EventMask::Classes(vec!["user".into()]);
-        config.blocked_events = Vec::new();
-        let id = driver
-            .add_server(ServerSpec::new(config, asterisk().endpoint()))
-            .expect("a server");
-        driver.connect(id).expect("connect");
-        driver
-            .wait_ready(id, Duration::from_secs(15))
-            .expect("the flooder's login");
+        let (driver, id) = session("flooder", "user");
         Flooder { driver, id }
     }
 
