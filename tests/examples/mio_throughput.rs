@@ -6,8 +6,9 @@
 //! the drops, and the resident memory at each tenth of the run (flat is the target).
 //!
 //! Run with
-//! `cargo run --release -p ami-tests --example mio_throughput -- [EVENTS]`
-//! (default 10,000,000 events).
+//! `cargo run --release -p ami-tests --example mio_throughput -- [EVENTS] [--track-calls]`
+//! (default 10,000,000 events). `--track-calls` turns on the client core's call
+//! tracker for the server (`Driver::track_calls`): every event also goes through it.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,8 +19,10 @@ use ami_tests::procstat::memory_kib;
 use ami_tests::replay::{ReplayConfig, ReplayServer, load_capture_events};
 
 fn main() {
+    let track_calls = std::env::args().any(|a| a == "--track-calls");
     let total: u64 = std::env::args()
-        .nth(1)
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
         .map(|n| {
             n.replace(['_', ','], "")
                 .parse()
@@ -32,6 +35,11 @@ fn main() {
 
     let mut client = CountingDriver::connect(server.addr(), "replay").expect("login");
     let id = client.id;
+    if track_calls {
+        client
+            .driver
+            .track_calls(id, ami_mio::ami_cluster::DialerConfig::default());
+    }
     let started = Instant::now();
     let cpu_before = thread_cpu_time().unwrap_or_default();
     let mut samples = Vec::new();
@@ -79,5 +87,11 @@ fn main() {
         .collect();
     println!("RSS:         {}", rss.join(" "));
     println!("peak RSS:    {} KiB", memory_kib().1);
+    if let Some(status) = client.driver.dialer_status(id) {
+        println!(
+            "calls:       tracker on; {} calls followed now, {} ended, {} evicted",
+            status.live_calls, status.calls.ended, status.calls.evicted
+        );
+    }
     assert_eq!(received, total, "every event must arrive");
 }
