@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ami_cluster::DialerConfig;
 use ami_tests::asterisk::thread_cpu_time;
 use ami_tests::counting::CountingDriver;
 use ami_tests::procstat::memory_kib;
@@ -36,9 +37,7 @@ fn main() {
     let mut client = CountingDriver::connect(server.addr(), "replay").expect("login");
     let id = client.id;
     if track_calls {
-        client
-            .driver
-            .track_calls(id, ami_mio::ami_cluster::DialerConfig::default());
+        client.driver.track_calls(id, DialerConfig::default());
     }
     let started = Instant::now();
     let cpu_before = thread_cpu_time().unwrap_or_default();
