@@ -15,7 +15,8 @@
 //! Run with
 //! `cargo run --release -p ami-tests --example many_servers -- [--ticks N]
 //! [--seconds S] [--servers 10,100,1000] [--flood-servers 1000] [--rate 1000]
-//! [--slice-ms 20] [--skip-flood] [--skip-ticks]`.
+//! [--slice-ms 20] [--skip-flood] [--skip-ticks] [--log]` (`--log`: the driver's
+//! warnings on stderr).
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,7 @@ struct Args {
     slice_ms: u64,
     skip_flood: bool,
     skip_ticks: bool,
+    log: bool,
 }
 
 fn args() -> Args {
@@ -43,6 +45,7 @@ fn args() -> Args {
         slice_ms: 20,
         skip_flood: false,
         skip_ticks: false,
+        log: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,6 +64,7 @@ fn args() -> Args {
             "--slice-ms" => args.slice_ms = value().parse().expect("--slice-ms MS"),
             "--skip-flood" => args.skip_flood = true,
             "--skip-ticks" => args.skip_ticks = true,
+            "--log" => args.log = true,
             other => panic!("unknown option {other}"),
         }
     }
@@ -123,7 +127,12 @@ fn one_ready_ticks(n: usize, ticks: usize) {
 }
 
 fn flood(n: usize, rate: u64, seconds: u64, slice: Duration) {
+    let setup = Instant::now();
     let mut fleet = Fleet::start(n, Duration::from_secs(1)).expect("a fleet");
+    println!(
+        "       {n} servers logged in in {:.2} s",
+        setup.elapsed().as_secs_f64()
+    );
     let peers = std::mem::take(&mut fleet.peers);
     let base = fleet.count();
     let duration = Duration::from_secs(seconds);
@@ -204,6 +213,12 @@ fn flood(n: usize, rate: u64, seconds: u64, slice: Duration) {
 
 fn main() {
     let args = args();
+    if args.log {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let biggest = args
         .servers
         .iter()

@@ -99,19 +99,34 @@ impl Fleet {
         let count = Rc::new(Cell::new(0u64));
         let counter = count.clone();
         driver.on_any_event(move |_| counter.set(counter.get() + 1));
-        driver.connect_all().map_err(io::Error::other)?;
 
         let mut peers: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
         let mut pending: Vec<Pending> = Vec::new();
         let mut logged_in = 0;
+        // Connected a batch at a time, within the listener's backlog.
+        let mut opened = 0;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut buf = [0u8; 4096];
+        let mut last_answer = Instant::now();
         while logged_in < n || ids.iter().any(|&id| !driver.state(id).is_ready()) {
             if Instant::now() > deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("{logged_in} of {n} servers logged in"),
                 ));
+            }
+            if opened == logged_in && opened < n {
+                for &id in &ids[opened..(opened + LOGIN_BATCH).min(n)] {
+                    driver.connect(id).map_err(io::Error::other)?;
+                }
+                opened = (opened + LOGIN_BATCH).min(n);
+            }
+            if last_answer.elapsed() >= Duration::from_millis(100) {
+                // Heartbeats of the servers logged in already.
+                last_answer = Instant::now();
+                for peer in peers.iter_mut().flatten() {
+                    answer_pings(peer, &mut buf)?;
+                }
             }
             driver.tick_all(Duration::from_millis(1));
             loop {
@@ -198,6 +213,26 @@ impl Fleet {
             )
         })
     }
+}
+
+/// Logins under way at once while a fleet starts (the listener's backlog is 128).
+const LOGIN_BATCH: usize = 100;
+
+/// Answers the `Ping`s waiting on a logged-in socket (requests are small: one read).
+fn answer_pings(peer: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+    let read = match peer.read(buf) {
+        Ok(read) => read,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let text = String::from_utf8_lossy(&buf[..read]).into_owned();
+    for request in text.split("\r\n\r\n").filter(|r| !r.trim().is_empty()) {
+        let action_id = header(request, "ActionID").unwrap_or_default();
+        peer.write_all(
+            format!("Response: Success\r\nActionID: {action_id}\r\nPing: Pong\r\n\r\n").as_bytes(),
+        )?;
+    }
+    Ok(())
 }
 
 /// The position of `needle` in `haystack`.
