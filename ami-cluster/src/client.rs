@@ -18,12 +18,18 @@
 //!   order the nodes produced them (wire order within a server): transports to open
 //!   and drop, completions with their payloads, events, state and health changes.
 //!
+//! A tick of a driver costs what the servers with something to do cost, not what all
+//! of them cost: the core keeps every server's next deadline in order, the servers
+//! with outputs in a queue of turns, and the servers that changed since the driver
+//! last asked ([`ClientCore::poll_timeout`], [`ClientCore::due_servers`],
+//! [`ClientCore::take_turn`], [`ClientCore::take_changed`]).
+//!
 //! Completion slots are bounded by the servers' `max_pending_actions`: a slot exists
 //! only for an action the core accepted, and is freed by that action's completion,
 //! which the core guarantees (a lost connection completes its actions with
 //! `ConnectionClosed`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use ami_proto::action::CoreShowChannels;
@@ -37,6 +43,7 @@ use crate::health::Health;
 use crate::metrics::NodeMetrics;
 use crate::node::{Node, NodeOutput};
 use crate::routing::{NoServerAvailable, Strategy};
+use crate::schedule::Schedule;
 
 /// A handle to an action in flight: which server, and which completion slot. `Copy`,
 /// and never reused for another action while this one is pending.
@@ -178,8 +185,10 @@ pub struct ClientCore<P> {
     dialers: Vec<Option<Box<Dialer>>>,
     /// Those servers.
     tracked: Vec<ServerId>,
-    /// Tracked servers whose dialers may have outputs (for [`ClientCore::poll`]).
-    with_outputs: VecDeque<ServerId>,
+    /// Deadlines, turns and changed servers (module `schedule`).
+    schedule: Schedule,
+    /// Room for the due servers of [`ClientCore::handle_timeout`].
+    due: Vec<ServerId>,
     /// The latest instant an input brought (the core never reads the clock).
     now: Option<Instant>,
 }
@@ -187,14 +196,18 @@ pub struct ClientCore<P> {
 impl<P> ClientCore<P> {
     /// A core over the servers of `config`, all idle.
     pub fn new(config: ClusterConfig) -> Result<Self, ClusterError> {
+        let cluster = Cluster::new(config)?;
+        let mut schedule = Schedule::default();
+        schedule.grow(cluster.len());
         Ok(ClientCore {
-            cluster: Cluster::new(config)?,
+            cluster,
             slots: Vec::new(),
             free: Vec::new(),
             by_action: HashMap::new(),
             dialers: Vec::new(),
             tracked: Vec::new(),
-            with_outputs: VecDeque::new(),
+            schedule,
+            due: Vec::new(),
             now: None,
         })
     }
@@ -217,6 +230,7 @@ impl<P> ClientCore<P> {
         if !self.tracked.contains(&id) {
             self.tracked.push(id);
         }
+        self.note(id);
     }
 
     /// What a tracked server's dialer has seen and done (`None`: not tracked).
@@ -238,7 +252,9 @@ impl<P> ClientCore<P> {
 
     /// Adds an idle server at the end of the registry.
     pub fn add(&mut self, server: ami_proto::Config) -> Result<ServerId, ClusterError> {
-        self.cluster.add(server)
+        let id = self.cluster.add(server)?;
+        self.schedule.grow(self.cluster.len());
+        Ok(id)
     }
 
     /// Adds an idle server with its own reconnect policy.
@@ -247,7 +263,9 @@ impl<P> ClientCore<P> {
         server: ami_proto::Config,
         policy: crate::node::Policy,
     ) -> Result<ServerId, ClusterError> {
-        self.cluster.add_with_policy(server, policy)
+        let id = self.cluster.add_with_policy(server, policy)?;
+        self.schedule.grow(self.cluster.len());
+        Ok(id)
     }
 
     /// Number of servers.
@@ -277,12 +295,16 @@ impl<P> ClientCore<P> {
 
     /// The server with this key, opened if it was idle (lazy open).
     pub fn server(&mut self, key: &str, now: Instant) -> Result<ServerId, ClusterError> {
-        self.cluster.server(key, now)
+        let id = self.cluster.server(key, now)?;
+        self.note(id);
+        Ok(id)
     }
 
     /// The default server, opened if it was idle.
     pub fn default_server(&mut self, now: Instant) -> ServerId {
-        self.cluster.default_server(now)
+        let id = self.cluster.default_server(now);
+        self.note(id);
+        id
     }
 
     /// Makes the server with this key the default.
@@ -298,6 +320,7 @@ impl<P> ClientCore<P> {
     /// A healthy server chosen by the routing strategy; idle servers are opened first
     /// (they become selectable once logged in).
     pub fn select(&mut self, now: Instant) -> Result<ServerId, NoServerAvailable> {
+        self.open_idle(now);
         self.cluster.select(now)
     }
 
@@ -308,13 +331,26 @@ impl<P> ClientCore<P> {
         strategy: Option<&Strategy<String>>,
         now: Instant,
     ) -> Result<ServerId, NoServerAvailable> {
+        self.open_idle(now);
         self.cluster.select_with(strategy, now)
+    }
+
+    /// Opens every idle server (what routing does first; as the routing itself, a
+    /// pass over every server).
+    fn open_idle(&mut self, now: Instant) {
+        for id in self.cluster.ids() {
+            if self.cluster.node(id).is_idle() {
+                self.cluster.node_mut(id).open(now);
+                self.note(id);
+            }
+        }
     }
 
     /// Opens a server (eager open): it connects now and is kept connected until
     /// [`ClientCore::close`]. A server already open keeps its schedule.
     pub fn open(&mut self, id: ServerId, now: Instant) {
         self.cluster.node_mut(id).open(now);
+        self.note(id);
     }
 
     /// Opens a server only if it was never opened (what a wait does first).
@@ -322,18 +358,23 @@ impl<P> ClientCore<P> {
         let node = self.cluster.node_mut(id);
         if node.is_idle() {
             node.open(now);
+            self.note(id);
         }
     }
 
     /// Opens every server.
     pub fn open_all(&mut self, now: Instant) {
         self.cluster.connect_all(now);
+        for id in self.cluster.ids() {
+            self.note(id);
+        }
     }
 
     /// Logs a server off and stops reconnecting it until [`ClientCore::open`].
     pub fn close(&mut self, id: ServerId, now: Instant) {
         self.cluster.node_mut(id).close(now);
         self.fail_waiting(id, now);
+        self.note(id);
     }
 
     /// Completes the Originates a closed server's dialer held.
@@ -342,7 +383,6 @@ impl<P> ClientCore<P> {
         if let Some(dialer) = self.dialer_mut(id) {
             let error = ActionError::NotSent(SendError::NotReady { state });
             dialer.fail_waiting(&error, now);
-            self.mark(id);
         }
     }
 
@@ -351,6 +391,9 @@ impl<P> ClientCore<P> {
         self.cluster.close_all(now);
         for id in self.tracked.clone() {
             self.fail_waiting(id, now);
+        }
+        for id in self.cluster.ids() {
+            self.note(id);
         }
     }
 
@@ -375,15 +418,20 @@ impl<P> ClientCore<P> {
     ) -> Result<Ticket, Refused<P>> {
         self.now = Some(now);
         let action = action.into();
-        if is_originate(&action) && self.dialer_mut(id).is_some() {
-            return self.send_originate(id, now, action, payload);
-        }
-        let action_id = match self.cluster.node_mut(id).send(now, action) {
-            Ok(action_id) => action_id,
-            Err(error) => return Err(Refused { error, payload }),
+        let sent = if is_originate(&action) && self.dialer_mut(id).is_some() {
+            self.send_originate(id, now, action, payload)
+        } else {
+            match self.cluster.node_mut(id).send(now, action) {
+                Ok(action_id) => {
+                    let slot = self.take_slot(payload);
+                    Ok(self.bind(id, &action_id, slot))
+                }
+                Err(error) => Err(Refused { error, payload }),
+            }
         };
-        let slot = self.take_slot(payload);
-        Ok(self.bind(id, &action_id, slot))
+        // Bytes to write, a deadline, or a lazy open.
+        self.note(id);
+        sent
     }
 
     /// An Originate to a tracked server: sent now when the limits let it, else held.
@@ -494,18 +542,35 @@ impl<P> ClientCore<P> {
                 Err(error) => dialer.not_sent(held.slot, held.since, error, now),
             }
         }
-        self.mark(id);
+        self.note(id);
     }
 
-    /// Notes that a tracked server's dialer has outputs, for [`ClientCore::poll`].
-    fn mark(&mut self, id: ServerId) {
-        if let Some(dialer) = self.dialers.get_mut(id.0).and_then(|d| d.as_deref_mut())
-            && !dialer.marked
-            && dialer.has_outputs()
-        {
-            dialer.marked = true;
-            self.with_outputs.push_back(id);
+    /// After anything that may have changed a server: its deadline again, a turn if
+    /// it has outputs, and a note for the driver (bytes to write).
+    fn note(&mut self, id: ServerId) {
+        self.reschedule(id);
+        if self.has_outputs(id) {
+            self.schedule.add_turn(id.0);
         }
+    }
+
+    /// A server's deadline again, and a note for the driver.
+    fn reschedule(&mut self, id: ServerId) {
+        let at = self.server_poll_timeout(id);
+        self.schedule.set_deadline(id.0, at);
+        self.schedule.change(id.0);
+    }
+
+    /// Whether a server has any output waiting, events included.
+    fn has_outputs(&self, id: ServerId) -> bool {
+        let node = self.cluster.node(id);
+        node.queued_events() > 0
+            || node.has_pending_outputs()
+            || self
+                .dialers
+                .get(id.0)
+                .and_then(|d| d.as_deref())
+                .is_some_and(Dialer::has_outputs)
     }
 
     /// A tracked server's next dialer output: a held Originate's completion, or an
@@ -541,7 +606,7 @@ impl<P> ClientCore<P> {
         action: impl Into<Action>,
         payload: P,
     ) -> Result<Ticket, Refused<P, RouteError>> {
-        let server = match self.cluster.select_with(strategy, now) {
+        let server = match self.select_with(strategy, now) {
             Ok(server) => server,
             Err(error) => {
                 return Err(Refused {
@@ -604,18 +669,21 @@ impl<P> ClientCore<P> {
     pub fn handle_connected(&mut self, id: ServerId, now: Instant) {
         self.now = Some(now);
         self.cluster.node_mut(id).handle_connected(now);
+        self.note(id);
     }
 
     /// Bytes arrived from the server.
     pub fn handle_data(&mut self, id: ServerId, now: Instant, data: &[u8]) {
         self.now = Some(now);
         self.cluster.node_mut(id).handle_data(now, data);
+        self.note(id);
     }
 
     /// The server closed the stream.
     pub fn handle_eof(&mut self, id: ServerId, now: Instant) {
         self.now = Some(now);
         self.cluster.node_mut(id).handle_eof(now);
+        self.note(id);
     }
 
     /// The server's transport failed.
@@ -627,6 +695,7 @@ impl<P> ClientCore<P> {
     ) {
         self.now = Some(now);
         self.cluster.node_mut(id).handle_transport_error(now, error);
+        self.note(id);
     }
 
     /// Runs one server's due deadlines, heartbeats and reconnect attempts.
@@ -639,18 +708,27 @@ impl<P> ClientCore<P> {
         if self.dialer_due(id, now) {
             self.run_dialer(id, now);
         }
+        self.note(id);
     }
 
-    /// Runs every server's due deadlines, heartbeats and reconnect attempts.
+    /// Runs every server's due deadlines, heartbeats and reconnect attempts (the
+    /// servers due only, found in the ordered deadlines).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
-        self.cluster.handle_timeout(now);
-        for index in 0..self.tracked.len() {
-            let id = self.tracked[index];
-            if self.dialer_due(id, now) {
-                self.run_dialer(id, now);
-            }
+        let mut due = std::mem::take(&mut self.due);
+        self.due_servers(now, &mut due);
+        for &id in &due {
+            self.handle_server_timeout(id, now);
         }
+        due.clear();
+        self.due = due;
+    }
+
+    /// Appends the servers whose deadline is at or before `now` to `out`, earliest
+    /// first: the ones [`ClientCore::handle_server_timeout`] has work for. Costs what
+    /// the due servers cost.
+    pub fn due_servers(&self, now: Instant, out: &mut Vec<ServerId>) {
+        out.extend(self.schedule.due(now).map(ServerId));
     }
 
     fn dialer_due(&self, id: ServerId, now: Instant) -> bool {
@@ -661,13 +739,10 @@ impl<P> ClientCore<P> {
             .is_some_and(|at| at <= now)
     }
 
-    /// The earliest instant any server needs [`ClientCore::handle_timeout`].
+    /// The earliest instant any server needs [`ClientCore::handle_timeout`] (the
+    /// first of the ordered deadlines: no pass over the servers).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let dialers = self
-            .tracked
-            .iter()
-            .filter_map(|id| self.dialers[id.0].as_deref()?.poll_timeout());
-        self.cluster.poll_timeout().into_iter().chain(dialers).min()
+        self.schedule.next_deadline()
     }
 
     /// The earliest instant one server needs [`ClientCore::handle_server_timeout`].
@@ -693,36 +768,74 @@ impl<P> ClientCore<P> {
     /// `n` bytes of [`ClientCore::poll_transmit`] were written.
     pub fn advance_transmit(&mut self, id: ServerId, n: usize) {
         self.cluster.node_mut(id).advance_transmit(n);
+        self.schedule.change(id.0);
+    }
+
+    /// Calls `each` with every server changed since the last call (an input, a
+    /// send, a timeout, an output polled), each once: the servers that may have
+    /// bytes to write ([`ClientCore::poll_transmit`]). A driver that writes only
+    /// where something changed visits these.
+    pub fn take_changed(&mut self, mut each: impl FnMut(ServerId)) {
+        self.schedule.take_changed(|index| each(ServerId(index)));
+    }
+
+    /// Whether some server has outputs waiting (see [`ClientCore::take_turn`]).
+    pub fn has_turns(&self) -> bool {
+        self.schedule.turns() > 0
+    }
+
+    /// Servers with outputs waiting for their turn.
+    pub fn turns(&self) -> usize {
+        self.schedule.turns()
+    }
+
+    /// The server whose turn it is to hand out its outputs: poll it with
+    /// [`ClientCore::poll_server`], then give it back with [`ClientCore::end_turn`],
+    /// which puts it at the back of the queue if it still has outputs (so that the
+    /// server cut short by a driver's time budget is not the first again). Servers
+    /// with no outputs are not in the queue.
+    pub fn take_turn(&mut self) -> Option<ServerId> {
+        self.schedule.take_turn().map(ServerId)
+    }
+
+    /// Ends the turn of a server taken with [`ClientCore::take_turn`]: back in the
+    /// queue, at the end, if it has outputs left.
+    pub fn end_turn(&mut self, id: ServerId) {
+        if self.has_outputs(id) {
+            self.schedule.add_turn(id.0);
+        }
     }
 
     // ----- outputs -----
 
-    /// The next output of any server; servers take turns going first.
+    /// The next output of any server; servers take turns, one output each (only
+    /// the servers with outputs are looked at).
     pub fn poll(&mut self) -> Option<ClientOutput<P>> {
-        while let Some(&id) = self.with_outputs.front() {
-            if let Some(output) = self.dialer_output(id) {
-                return Some(output);
-            }
-            self.with_outputs.pop_front();
-            if let Some(dialer) = self.dialer_mut(id) {
-                dialer.marked = false;
+        while let Some(id) = self.take_turn() {
+            let output = self.poll_server(id);
+            self.end_turn(id);
+            if output.is_some() {
+                return output;
             }
         }
-        loop {
-            let (id, output) = self.cluster.poll()?;
-            if let Some(output) = self.translate(id, output) {
-                return Some(output);
-            }
-        }
+        None
     }
 
     /// The next output of one server.
     pub fn poll_server(&mut self, id: ServerId) -> Option<ClientOutput<P>> {
         if let Some(output) = self.dialer_output(id) {
+            self.reschedule(id);
             return Some(output);
         }
         loop {
             let output = self.cluster.node_mut(id).poll()?;
+            // An event of an untracked server changes nothing else; anything else
+            // may (a connect lets bytes out, a dialer may send or arm a timer).
+            let quiet = matches!(output, NodeOutput::Connection(Output::Event(_)))
+                && self.dialers.get(id.0).is_none_or(Option::is_none);
+            if !quiet {
+                self.reschedule(id);
+            }
             if let Some(output) = self.translate(id, output) {
                 return Some(output);
             }
@@ -847,7 +960,7 @@ impl<P> ClientCore<P> {
         if freed {
             self.run_dialer(id, now);
         } else {
-            self.mark(id);
+            self.note(id);
         }
     }
 

@@ -139,8 +139,6 @@ pub(crate) struct Dialer {
     not_sent: u64,
     /// Held Originates whose wait ended without a send: their slots and completions.
     pub(crate) failed: VecDeque<(u32, Completion)>,
-    /// Whether the core's list of servers with outputs holds this one.
-    pub(crate) marked: bool,
 }
 
 impl Dialer {
@@ -159,7 +157,6 @@ impl Dialer {
             expired: 0,
             not_sent: 0,
             failed: VecDeque::new(),
-            marked: false,
         }
     }
 

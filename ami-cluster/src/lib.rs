@@ -42,6 +42,7 @@ pub mod node;
 pub mod pacing;
 pub mod reconnect;
 pub mod routing;
+mod schedule;
 
 pub use ami_proto::rng;
 

@@ -255,6 +255,8 @@ struct Server {
     /// Since when reading is paused because the event queue is half full
     /// ([`MAX_READ_PAUSE`]).
     read_paused_since: Option<Instant>,
+    /// In [`Driver::pending`] (or in the visit of the tick under way).
+    listed: bool,
 }
 
 /// Many AMI servers in one `mio::Poll`, each kept connected by its
@@ -285,8 +287,15 @@ pub struct Driver {
     resolved: (Sender<Resolved>, Receiver<Resolved>),
     stats: DriverStats,
     last_clamp_warning: Option<Instant>,
-    /// The server whose outputs are dispatched first in the next tick.
-    dispatch_start: usize,
+    /// Servers to visit in the next tick: readiness from the poll not acted on yet,
+    /// a read cut short by the read budget or paused, bytes left to write. A tick
+    /// visits these, the servers the core changed and the servers with a due
+    /// deadline, never the others.
+    pending: Vec<usize>,
+    /// The servers of the tick under way (kept for its allocation).
+    visit: Vec<usize>,
+    /// Room for the core's due servers.
+    due: Vec<ServerId>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -332,7 +341,9 @@ impl Driver {
             resolved: std::sync::mpsc::channel(),
             stats: DriverStats::default(),
             last_clamp_warning: None,
-            dispatch_start: 0,
+            pending: Vec::new(),
+            visit: Vec::new(),
+            due: Vec::new(),
         })
     }
 
@@ -381,6 +392,7 @@ impl Driver {
             read_ready: false,
             write_blocked: false,
             read_paused_since: None,
+            listed: false,
         });
         if let (Some(strategy), Some(core)) = (&self.pending_routing, &mut self.core)
             && core.set_routing(strategy.clone()).is_ok()
@@ -747,45 +759,81 @@ impl Driver {
         self.run_tick(timeout, Some(id.0))
     }
 
-    /// Moves every server forward, in order: waits for readiness (at most `timeout`,
-    /// clamped to 250 ms, and never past the earliest deadline or reconnect attempt),
-    /// reads every ready socket until `WouldBlock` (within the read budget), writes
-    /// what each connection has queued, runs timeouts, heartbeats and due reconnect
-    /// attempts, then dispatches outputs: opens the sockets nodes ask for, drops
-    /// closed ones, runs completion callbacks and listeners.
+    /// Moves every server forward: waits for readiness (at most `timeout`, clamped to
+    /// 250 ms, and never past the earliest deadline or reconnect attempt), reads every
+    /// ready socket until `WouldBlock` (within the read budget), writes what each
+    /// connection has queued, runs due timeouts, heartbeats and reconnect attempts,
+    /// then dispatches outputs: opens the sockets nodes ask for, drops closed ones,
+    /// runs completion callbacks and listeners.
+    ///
+    /// A tick visits only the servers with something to do — readiness from the
+    /// poll, a read cut short, a change in the core (a send, bytes to write), a due
+    /// deadline, outputs waiting — so its cost does not grow with idle servers.
     pub fn tick_all(&mut self, timeout: Duration) -> TickReport {
         self.run_tick(timeout, None)
+    }
+
+    /// Lists the servers the core changed since the last look.
+    fn list_changed(&mut self) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let (servers, pending) = (&mut self.servers, &mut self.pending);
+        core.take_changed(|id| {
+            let server = &mut servers[id.0];
+            if !server.listed {
+                server.listed = true;
+                pending.push(id.0);
+            }
+        });
+    }
+
+    /// Whether a server has work that does not wait for the poll.
+    fn has_work(server: &Server, core: &ClientCore<Callback>, id: ServerId) -> bool {
+        // Bytes queued since the last tick (a send) go out now, not after a wait that
+        // nothing would cut short.
+        server.read_ready
+            || (server.transport_up && !server.write_blocked && !core.poll_transmit(id).is_empty())
     }
 
     fn run_tick(&mut self, timeout: Duration, only: Option<usize>) -> TickReport {
         self.stats.ticks += 1;
         let timeout = self.clamp(timeout);
         let mut report = TickReport::default();
-        let selected = |index: usize| only.is_none_or(|o| o == index);
-        let count = self.servers.len();
 
         // 1. Wait for readiness, no longer than the earliest deadline, and not at all
         //    when work is already waiting.
+        if only.is_none() {
+            self.list_changed();
+        }
         let now = Instant::now();
         let mut wait = timeout;
         if let Some(core) = &self.core {
-            for index in (0..count).filter(|&i| selected(i)) {
-                let id = ServerId(index);
-                let server = &self.servers[index];
-                // Bytes queued since the last tick (a send) go out now, not after a
-                // wait that nothing would cut short.
-                let can_write = server.transport_up
-                    && !server.write_blocked
-                    && !core.poll_transmit(id).is_empty();
-                if server.read_ready
-                    || can_write
-                    || core.queued_events(id) > 0
-                    || core.has_pending_outputs(id)
-                {
-                    wait = Duration::ZERO;
+            match only {
+                None => {
+                    let busy = core.has_turns()
+                        || self
+                            .pending
+                            .iter()
+                            .any(|&i| Self::has_work(&self.servers[i], core, ServerId(i)));
+                    if busy {
+                        wait = Duration::ZERO;
+                    }
+                    if let Some(at) = core.poll_timeout() {
+                        wait = wait.min(at.saturating_duration_since(now));
+                    }
                 }
-                if let Some(at) = core.server_poll_timeout(id) {
-                    wait = wait.min(at.saturating_duration_since(now));
+                Some(index) => {
+                    let id = ServerId(index);
+                    if Self::has_work(&self.servers[index], core, id)
+                        || core.queued_events(id) > 0
+                        || core.has_pending_outputs(id)
+                    {
+                        wait = Duration::ZERO;
+                    }
+                    if let Some(at) = core.server_poll_timeout(id) {
+                        wait = wait.min(at.saturating_duration_since(now));
+                    }
                 }
             }
         }
@@ -801,8 +849,9 @@ impl Driver {
                 woken = true;
                 continue;
             }
+            let index = event.token().0;
             // Stale tokens (a server closed since) are ignored.
-            let Some(server) = self.servers.get_mut(event.token().0) else {
+            let Some(server) = self.servers.get_mut(index) else {
                 continue;
             };
             let Some(core) = self.core.as_mut() else {
@@ -812,7 +861,7 @@ impl Driver {
                 continue;
             }
             if !server.transport_up {
-                confirm_connect(server, core, ServerId(event.token().0), now);
+                confirm_connect(server, core, ServerId(index), now);
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 server.read_ready = true;
@@ -820,17 +869,36 @@ impl Driver {
             if event.is_writable() {
                 server.write_blocked = false;
             }
+            if !server.listed {
+                server.listed = true;
+                self.pending.push(index);
+            }
         }
         if woken {
             self.take_submissions();
             self.take_resolved(now);
+        }
+        if self.core.is_none() {
+            return report;
+        }
+        // The servers of this tick: those listed, those the core changed since (the
+        // events above, submissions), and below those with a due deadline. With
+        // `only`, that server alone; the others stay listed for a later tick.
+        let mut visit = std::mem::take(&mut self.visit);
+        visit.clear();
+        match only {
+            None => {
+                self.list_changed();
+                std::mem::swap(&mut visit, &mut self.pending);
+            }
+            Some(index) => visit.push(index),
         }
         let Some(core) = self.core.as_mut() else {
             return report;
         };
 
         // 2. Read every ready socket.
-        for index in (0..count).filter(|&i| selected(i)) {
+        for &index in &visit {
             report.bytes_read += read_server(
                 &mut self.servers[index],
                 core,
@@ -843,7 +911,17 @@ impl Driver {
         // 3. Write, 4. run timeouts and reconnects (they may queue heartbeats), write
         //    those too.
         let now = Instant::now();
-        for index in (0..count).filter(|&i| selected(i)) {
+        if only.is_none() {
+            core.due_servers(now, &mut self.due);
+            for id in self.due.drain(..) {
+                let server = &mut self.servers[id.0];
+                if !server.listed {
+                    server.listed = true;
+                    visit.push(id.0);
+                }
+            }
+        }
+        for &index in &visit {
             let (server, id) = (&mut self.servers[index], ServerId(index));
             report.bytes_written += write_server(server, core, id, now);
             if core.server_poll_timeout(id).is_some_and(|at| at <= now) {
@@ -852,15 +930,43 @@ impl Driver {
             }
             report.bytes_written += write_server(server, core, id, now);
         }
-        // 5. Dispatch outputs, events within the dispatch budget. The server that goes
-        //    first changes every tick, so that a spent budget does not always starve
-        //    the same servers' listeners.
+        // What is left for the next tick: a read cut short or paused, bytes that did
+        // not go out although the socket did not block.
+        if only.is_none() {
+            for &index in &visit {
+                self.servers[index].listed = false;
+            }
+        }
+        for &index in &visit {
+            let (server, id) = (&self.servers[index], ServerId(index));
+            if Self::has_work(server, core, id) && !server.listed {
+                self.servers[index].listed = true;
+                self.pending.push(index);
+            }
+        }
+        visit.clear();
+        self.visit = visit;
+
+        // 5. Dispatch outputs, events within the dispatch budget. Servers with outputs
+        //    take turns: one cut short by a spent budget goes to the back of the
+        //    queue, so that the next one goes first in the next tick, and a spent
+        //    budget does not always starve the same servers' listeners.
         let budget_end = Instant::now() + self.options.dispatch_budget;
-        self.dispatch_start = (self.dispatch_start + 1) % count.max(1);
-        for offset in 0..count {
-            let index = (self.dispatch_start + offset) % count;
-            if selected(index) {
-                report.outputs += self.dispatch_server(ServerId(index), budget_end);
+        match only {
+            None => {
+                let turns = self.core().turns();
+                for _ in 0..turns {
+                    let Some(id) = self.core_mut().take_turn() else {
+                        break;
+                    };
+                    report.outputs += self.dispatch_server(id, budget_end);
+                    self.core_mut().end_turn(id);
+                }
+            }
+            Some(index) => {
+                let id = ServerId(index);
+                report.outputs += self.dispatch_server(id, budget_end);
+                self.core_mut().end_turn(id);
             }
         }
         report.progressed |=

@@ -305,3 +305,75 @@ fn injected_faults_reach_live_sessions() {
     assert!(closed);
     assert_eq!(sim.stats().totals.faults_injected, 3);
 }
+
+/// A tick visits only the servers with something to do (issue 14 item 4): with many
+/// servers in one driver, every heartbeat still goes out on time, a send to any one
+/// of them is written in the next tick, and a flood on one reaches its listener.
+#[test]
+fn many_servers_keep_their_heartbeats_and_sends_go_out_at_once() {
+    const SERVERS: usize = 150;
+    let sim = TcpSim::start(SimConfig::default()).unwrap();
+    let addr = sim.addr();
+    let mut driver = Driver::new().unwrap();
+    let ids: Vec<ServerId> = (0..SERVERS)
+        .map(|i| {
+            let mut config = Config::new(format!("s{i}"), "admin", "amp111");
+            config.connect_timeout = WAIT;
+            config.heartbeat_interval = Duration::from_millis(200);
+            config.heartbeat_timeout = Duration::from_millis(500);
+            config.heartbeat_max_misses = 2;
+            driver
+                .add_server(ServerSpec::new(
+                    config,
+                    Endpoint::new(addr.ip().to_string(), addr.port()),
+                ))
+                .unwrap()
+        })
+        .collect();
+    driver.connect_all().unwrap();
+    let ready = tick_until(&mut driver, Duration::from_secs(10), |d| {
+        ids.iter().all(|&id| d.state(id).is_ready())
+    });
+    assert!(ready, "not every server logged in");
+    let pings_before = sim.stats().totals.actions_named("Ping");
+
+    // Heartbeats every 200 ms for 1.2 s: about six per server, none missed.
+    let started = Instant::now();
+    tick_until(&mut driver, Duration::from_millis(1200), |_| false);
+    let elapsed = started.elapsed();
+    let pings = sim.stats().totals.actions_named("Ping") - pings_before;
+    let expected = SERVERS as u64 * (elapsed.as_millis() as u64 / 200);
+    assert!(
+        pings + SERVERS as u64 >= expected,
+        "{pings} heartbeats in {elapsed:?}, expected about {expected}"
+    );
+    for &id in &ids {
+        let stats = driver.connection_stats(id).unwrap();
+        assert_eq!(stats.heartbeat_misses, 0, "{}", driver.server_key(id));
+        assert!(driver.state(id).is_ready());
+    }
+
+    // A send to one server out of many is written by the next tick, without waiting
+    // for the tick's timeout: 20 round trips take far less than 20 ticks of 50 ms.
+    let started = Instant::now();
+    for round in 0..20 {
+        let id = ids[(round * 37) % SERVERS];
+        let done = Rc::new(Cell::new(false));
+        let flag = done.clone();
+        driver
+            .send(id, bounded(action::Ping), move |reply| {
+                assert!(reply.is_ok());
+                flag.set(true);
+            })
+            .unwrap();
+        while !done.get() {
+            driver.tick_all(Duration::from_millis(50));
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "20 Pings took {:?}",
+        started.elapsed()
+    );
+    assert!(ids.iter().all(|&id| driver.state(id).is_ready()));
+}

@@ -8,6 +8,8 @@
 //! - [`cases`]: conformance cases (action + expected completion) shared by the mio and
 //!   Tokio suites.
 //! - [`counting`]: a logged-in `ami-mio` driver counting a replay server's events.
+//! - [`many`]: a fleet of simulated servers on one loopback listener, all logged in to
+//!   one driver, and a thread flooding them at a fixed rate each.
 //! - [`procstat`]: the process's resident memory, for the `ami-soak` program.
 //! - [`redis`]: a real `redis-server` on a free port, for the gateway's tests.
 //!
@@ -18,6 +20,7 @@
 pub mod asterisk;
 pub mod cases;
 pub mod counting;
+pub mod many;
 pub mod procstat;
 pub mod redis;
 pub mod replay;
