@@ -214,7 +214,8 @@ impl<P> ClientCore<P> {
 
     /// Tracks the calls of a server and paces its Originates from now on (see
     /// [`dialer`](crate::dialer)); calling it again replaces the limits and starts
-    /// a fresh tracker.
+    /// a fresh tracker, and the Originates the last dialer held wait on under the
+    /// new limits.
     pub fn track_calls(&mut self, id: ServerId, config: DialerConfig) {
         let _ = self.cluster.node(id);
         if self.dialers.len() <= id.0 {
@@ -225,6 +226,11 @@ impl<P> ClientCore<P> {
             && let Some(now) = self.now
         {
             dialer.logged_in(now);
+        }
+        // What the last dialer held (Originates waiting or in flight, completions
+        // not handed out yet) is the new one's: every slot still completes once.
+        if let Some(old) = self.dialers[id.0].take() {
+            dialer.adopt(*old);
         }
         self.dialers[id.0] = Some(Box::new(dialer));
         if !self.tracked.contains(&id) {

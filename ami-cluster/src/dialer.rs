@@ -160,6 +160,18 @@ impl Dialer {
         }
     }
 
+    /// Takes over what `old` (the dialer this one replaces) still holds: the
+    /// Originates waiting and in flight, the reseed in flight, the completions not
+    /// handed out yet. Its tracker and counters go.
+    pub(crate) fn adopt(&mut self, old: Dialer) {
+        self.waiting = old.waiting;
+        self.failed = old.failed;
+        self.originates = old.originates;
+        self.reseed = old.reseed;
+        self.reseed_due = self.reseed_due.or(old.reseed_due);
+        self.retry_at = self.waiting.front().map(|held| held.since);
+    }
+
     pub(crate) fn status(&self) -> DialerStatus {
         let (admitted, waited) = self.pacer.totals();
         DialerStatus {

@@ -268,3 +268,20 @@ fn every_login_reseeds_the_tracker_from_core_show_channels() {
     // The core's own CoreShowChannels is not handed to the application.
     assert!(net.done.is_empty());
 }
+
+#[test]
+fn new_limits_take_over_the_originates_the_old_ones_held() {
+    let mut net = Net::new(sim(), config(), paced(Some(1.0), None, 10));
+    for n in 0..3 {
+        net.originate("PJSIP/busy", n).expect("sent or held");
+    }
+    assert_eq!(net.core.dialer_status(ID).expect("tracked").waiting, 2);
+    // Faster limits: the two held go out under them, and every slot completes once.
+    net.core.track_calls(ID, paced(Some(10.0), None, 10));
+    assert_eq!(net.core.dialer_status(ID).expect("tracked").waiting, 2);
+    net.run_for(Duration::from_millis(500));
+    let payloads: Vec<u32> = net.done.iter().map(|(p, _, _)| *p).collect();
+    assert_eq!(payloads, [0, 1, 2]);
+    assert!(net.done.iter().all(|(_, _, r)| r.is_ok()), "{:?}", net.done);
+    assert_eq!(net.core.pending(), 0);
+}
