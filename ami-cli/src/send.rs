@@ -192,6 +192,18 @@ fn connect(
     Ok((driver, by_key))
 }
 
+/// A flag SIGTERM and SIGINT set from now on. Taken before anything connects, so
+/// that a signal during the login still ends the run with a Logoff, not the default
+/// kill.
+fn stop_on_signals() -> Result<Arc<AtomicBool>, CliError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| CliError::io("cannot handle signals", e))?;
+    }
+    Ok(stop)
+}
+
 /// How a job ended: the reply, or why there is none (and the action's error, when it
 /// was sent).
 type Outcome<'a> = Result<&'a Reply, (String, Option<&'a ActionError>)>;
@@ -204,13 +216,9 @@ fn run_jobs(
     mut driver: Driver,
     ids: &HashMap<String, ServerId>,
     jobs: Vec<Job>,
+    stop: &AtomicBool,
     mut done: impl FnMut(usize, &str, Outcome<'_>) -> Result<(), CliError>,
 ) -> Result<bool, CliError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| CliError::io("cannot handle signals", e))?;
-    }
     let servers: Vec<String> = jobs.iter().map(|j| j.server.clone()).collect();
     let total = jobs.len();
     type Completed = Rc<RefCell<Vec<(usize, Result<Reply, ActionError>)>>>;
@@ -338,10 +346,11 @@ pub fn run_send(args: &SendArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let total = jobs.len();
+    let stop = stop_on_signals()?;
     let (driver, ids) = connect(&file, &jobs)?;
     let mut out = io::stdout().lock();
     let mut failures = 0usize;
-    let finished = run_jobs(driver, &ids, jobs, |index, server, outcome| {
+    let finished = run_jobs(driver, &ids, jobs, &stop, |index, server, outcome| {
         let mut value = match outcome {
             Ok(reply) => reply_json(server, reply),
             Err((message, error)) => {
@@ -374,10 +383,11 @@ pub fn run_command(args: &CommandArgs) -> Result<(), CliError> {
         server,
         action: ami_proto::action::Command::new(args.command.clone()).into(),
     }];
+    let stop = stop_on_signals()?;
     let (driver, ids) = connect(&file, &jobs)?;
     let mut out = io::stdout().lock();
     let mut failure = None;
-    let finished = run_jobs(driver, &ids, jobs, |_, _, outcome| {
+    let finished = run_jobs(driver, &ids, jobs, &stop, |_, _, outcome| {
         match outcome {
             Ok(reply) => {
                 for line in reply.output() {
