@@ -17,6 +17,11 @@ mod send;
 mod service;
 mod worker;
 
+/// Events are allocated on the AMI loop and freed on the outlet thread; glibc's malloc
+/// takes an arena lock for every such cross-thread free, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fmt;
 use std::io;
 use std::process::ExitCode;

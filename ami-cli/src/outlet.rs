@@ -398,6 +398,9 @@ pub struct JsonLines<W> {
 /// The atomic write size of a Linux pipe.
 const PIPE_BUF: usize = 4096;
 
+/// The size a stdout pipe is grown to: Linux's default `pipe-max-size`, 1 MiB.
+const PIPE_SIZE: usize = 1 << 20;
+
 impl<W: Write + Send + 'static> JsonLines<W> {
     /// JSON lines to `writer` (a file, or anything that is not a pipe).
     pub fn new(writer: W) -> Self {
@@ -410,8 +413,13 @@ impl<W: Write + Send + 'static> JsonLines<W> {
     }
 
     /// JSON lines to `writer`, which writes to the pipe `pipe` (see the type's
-    /// documentation).
+    /// documentation). The pipe is grown to [`PIPE_SIZE`] if the system lets it (a
+    /// larger pipe takes bigger writes and wakes the reader less often).
     pub fn pipe(writer: W, pipe: OwnedFd) -> Self {
+        if rustix::pipe::fcntl_getpipe_size(&pipe).is_ok_and(|size| size < PIPE_SIZE) {
+            // Best effort: past `/proc/sys/fs/pipe-max-size` the pipe keeps its size.
+            let _ = rustix::pipe::fcntl_setpipe_size(&pipe, PIPE_SIZE);
+        }
         JsonLines {
             pipe: Some(pipe),
             ..JsonLines::new(writer)
@@ -963,9 +971,9 @@ mod tests {
         use std::os::fd::AsFd;
         let (mut reader, writer) = io::pipe().unwrap();
         let fd = writer.as_fd().try_clone_to_owned().unwrap();
-        let total = 3_000; // ~300 KB: several times the pipe's 64 KiB
+        let total = 30_000; // ~3 MB: several times the pipe (grown to 1 MiB)
         let bounds = Bounds {
-            events: 10_000,
+            events: 100_000,
             bytes: usize::MAX,
             status: 10,
         };
