@@ -248,7 +248,8 @@ struct Server {
     transport: Option<Transport>,
     /// The transport's connect was confirmed.
     transport_up: bool,
-    /// Readable and not yet read to `WouldBlock` (edge-triggered: no new event will come).
+    /// Readable and not yet drained (to `WouldBlock` or a short plain-TCP read; edge-
+    /// triggered: no new event comes until new data does).
     read_ready: bool,
     /// The last write hit `WouldBlock`: wait for a writable event before writing again.
     write_blocked: bool,
@@ -761,7 +762,7 @@ impl Driver {
 
     /// Moves every server forward: waits for readiness (at most `timeout`, clamped to
     /// 250 ms, and never past the earliest deadline or reconnect attempt), reads every
-    /// ready socket until `WouldBlock` (within the read budget), writes what each
+    /// ready socket until it is drained (within the read budget), writes what each
     /// connection has queued, runs due timeouts, heartbeats and reconnect attempts,
     /// then dispatches outputs: opens the sockets nodes ask for, drops closed ones,
     /// runs completion callbacks and listeners.
@@ -1254,7 +1255,8 @@ fn named_keys(strategy: &Strategy<String>) -> Vec<&String> {
     }
 }
 
-/// Reads a ready server until `WouldBlock`, its end, or the read budget.
+/// Reads a ready server until `WouldBlock` (or a short plain-TCP read, which tells the
+/// same: [`Transport::drained_by`]), its end, or the read budget.
 fn read_server(
     server: &mut Server,
     core: &mut ClientCore<Callback>,
@@ -1296,7 +1298,7 @@ fn read_server(
             Ok(n) => {
                 total += n as u64;
                 core.handle_data(id, now, &buf[..n]);
-                if core.node(id).state() == State::Closed {
+                if core.node(id).state() == State::Closed || transport.drained_by(n, buf.len()) {
                     server.read_ready = false;
                     return total;
                 }

@@ -65,11 +65,9 @@ fn measured(count: u64, client: impl FnOnce(&dyn Fn()) -> Run + Send + 'static) 
         flooder.flood(count);
         let _ = finished.recv();
     });
-    let run = thread::spawn(move || {
-        client(&|| go.send(()).expect("the flooder"))
-    })
-    .join()
-    .expect("the client");
+    let run = thread::spawn(move || client(&|| go.send(()).expect("the flooder")))
+        .join()
+        .expect("the client");
     let _ = done.send(());
     flooder.join().expect("the flooder");
     run
@@ -81,8 +79,8 @@ fn raw(start: &dyn Fn()) -> Run {
     let mut socket = TcpStream::connect((env.host.as_str(), env.port)).expect("connect");
     write!(
         socket,
-        "Action: Login\r\nUsername: {}\r\nSecret: {}\r\nEvents: on\r\n\r\n",
-        "admin", env.secret
+        "Action: Login\r\nUsername: admin\r\nSecret: {}\r\nEvents: on\r\n\r\n",
+        env.secret
     )
     .expect("login");
     let mut buf = vec![0u8; 256 * 1024];
@@ -91,7 +89,10 @@ fn raw(start: &dyn Fn()) -> Run {
         let n = socket.read(&mut buf).expect("read");
         assert!(n > 0, "Asterisk closed the login");
         seen.extend_from_slice(&buf[..n]);
-        assert!(!memchr::memmem::find(&seen, b"Response: Error").is_some(), "login refused");
+        assert!(
+            memchr::memmem::find(&seen, b"Response: Error").is_none(),
+            "login refused"
+        );
     }
     let marker = b"UserEvent: FloodDone\r\n";
     let blank = memchr::memmem::Finder::new(b"\r\n\r\n");
@@ -153,7 +154,11 @@ fn mio(start: &dyn Fn()) -> Run {
         elapsed: started.elapsed(),
         cpu: thread_cpu_time().unwrap_or_default() - cpu,
     };
-    assert_eq!(driver.metrics(id).dropped_events_total, 0, "mio dropped events");
+    assert_eq!(
+        driver.metrics(id).dropped_events_total,
+        0,
+        "mio dropped events"
+    );
     driver.shutdown(Duration::from_secs(5));
     run
 }
