@@ -318,8 +318,8 @@ fn a_stalled_reader_does_not_delay_reading_another_server() {
     let mut listen = listen(&config);
     let stdout = listen.stdout.take().unwrap();
     listen.wait_healthy(&keys);
-    // 5,000 UserEvents are far more than the pipe holds: the outlet is blocked in its
-    // write, with the rest queued behind it.
+    // 5,000 UserEvents (about 2.7 MB of lines) are more than the pipe holds, even grown
+    // to 1 MiB: the outlet is blocked in its write, with the rest queued behind it.
     let mut flooder = Flooder::new();
     flooder.flood(5_000);
     // A call on the second server meanwhile: listen reads its events at once (their
