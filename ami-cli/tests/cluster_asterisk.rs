@@ -7,8 +7,7 @@
 //! started here and stopped at the end; Asterisk that cannot start fails the test.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -18,6 +17,9 @@ use ami_mio::{Driver, Health, ServerId, ServerSpec};
 use ami_proto::Config;
 use ami_proto::action::{Action, EventMask};
 use ami_tests::asterisk::{AsteriskEnv, Instance, asterisk, unique_id};
+
+mod support;
+use support::{collect_stderr, free_port, http_get};
 
 /// UserEvent `Tick`s listen printed, per server key: the `Seq` values in order.
 type Ticks = Arc<Mutex<BTreeMap<String, Vec<u64>>>>;
@@ -44,7 +46,7 @@ impl Listen {
             .spawn()
             .expect("ami listen");
         let ticks: Ticks = Arc::default();
-        let log: Arc<Mutex<String>> = Arc::default();
+        let log = collect_stderr(&mut child);
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (sink, run_id) = (ticks.clone(), run.to_owned());
         thread::spawn(move || {
@@ -68,19 +70,6 @@ impl Listen {
                 }
             }
         });
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
         Listen {
             child,
             ticks,
@@ -101,14 +90,8 @@ impl Listen {
 
     /// The value of one Prometheus sample, e.g. `ami_connection_status{server="a"}`.
     fn metric(&self, series: &str) -> Option<f64> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        text.lines()
+        http_get(self.metrics_port, "/metrics")?
+            .lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
     }
 
@@ -189,14 +172,6 @@ impl Generator {
     fn sent(&self, server: &str) -> Vec<u64> {
         self.sent.get(server).cloned().unwrap_or_default()
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits until `condition` holds (checking every 50 ms while `generator` runs).

@@ -62,6 +62,41 @@ pub fn log_sum(log: &str, marker: &str, field: &str) -> u64 {
         .sum()
 }
 
+/// Collects `child`'s stderr (taken from it) on a thread of its own: what it wrote so
+/// far.
+pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let log: Arc<Mutex<String>> = Arc::default();
+    let mut stderr = child.stderr.take().expect("a piped stderr");
+    let sink = log.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    log
+}
+
+/// `GET path` from the HTTP endpoint on `port` of 127.0.0.1: the body, or `None` while
+/// it does not answer.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
 /// An `ami` subcommand (`listen`, `gateway`) with `--http-addr` on a free port; its
 /// stdout is piped (take it), its stderr collected.
 pub struct Ami {
@@ -91,20 +126,7 @@ impl Ami {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("the ami binary");
-        let log: Arc<Mutex<String>> = Arc::default();
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let log = collect_stderr(&mut child);
         let stdout = child.stdout.take();
         Ami {
             child,
@@ -121,16 +143,7 @@ impl Ami {
 
     /// `GET path` on the HTTP endpoint: the body, or `None` while it does not answer.
     pub fn get(&self, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+        http_get(self.http_port, path)
     }
 
     /// `/status` as JSON: per server key, its entry.
