@@ -251,6 +251,10 @@ struct Server {
     /// Readable and not yet drained (to `WouldBlock` or a short plain-TCP read; edge-
     /// triggered: no new event comes until new data does).
     read_ready: bool,
+    /// A readiness event said the peer closed its side (or the socket failed): its end
+    /// may be queued behind the data, with no new event to come, so the socket is read
+    /// to its end or `WouldBlock`, a short read no longer telling it is drained.
+    peer_closed: bool,
     /// The last write hit `WouldBlock`: wait for a writable event before writing again.
     write_blocked: bool,
     /// Since when reading is paused because the event queue is half full
@@ -391,6 +395,7 @@ impl Driver {
             transport: None,
             transport_up: false,
             read_ready: false,
+            peer_closed: false,
             write_blocked: false,
             read_paused_since: None,
             listed: false,
@@ -867,6 +872,9 @@ impl Driver {
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 server.read_ready = true;
             }
+            if event.is_read_closed() || event.is_error() {
+                server.peer_closed = true;
+            }
             if event.is_writable() {
                 server.write_blocked = false;
             }
@@ -1298,7 +1306,8 @@ fn read_server(
             Ok(n) => {
                 total += n as u64;
                 core.handle_data(id, now, &buf[..n]);
-                if core.node(id).state() == State::Closed || transport.drained_by(n, buf.len()) {
+                let drained = !server.peer_closed && transport.drained_by(n, buf.len());
+                if core.node(id).state() == State::Closed || drained {
                     server.read_ready = false;
                     return total;
                 }
@@ -1355,6 +1364,7 @@ fn drop_transport(registry: &Registry, server: &mut Server) {
     }
     server.transport_up = false;
     server.read_ready = false;
+    server.peer_closed = false;
     server.write_blocked = false;
 }
 

@@ -337,3 +337,50 @@ fn a_panicking_listener_is_caught_and_counted() {
     driver.shutdown(Duration::from_secs(5));
     server.join().unwrap();
 }
+
+/// A peer that writes half a message and closes at once: the data and the end of the
+/// stream arrive before the driver reads, in one readiness event. The short read of
+/// that half must not be taken for a drained socket (no new event would come for the
+/// end already queued): the driver reads on, sees the end, and the session is lost.
+#[test]
+fn an_end_queued_behind_data_is_seen() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go, wait_go) = std::sync::mpsc::channel::<()>();
+    let (closed, wait_closed) = std::sync::mpsc::channel::<()>();
+    let server = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        writer
+            .write_all(b"Asterisk Call Manager/11.0.0\r\n")
+            .unwrap();
+        let (_, id) = read_action(&mut reader).unwrap();
+        write!(
+            writer,
+            "Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n"
+        )
+        .unwrap();
+        wait_go.recv().unwrap();
+        writer.write_all(b"Event: Hangup\r\nChannel: PJ").unwrap();
+        writer.shutdown(std::net::Shutdown::Both).unwrap();
+        closed.send(()).unwrap();
+    });
+    let mut driver = Driver::new().unwrap();
+    let id = driver.add_server(spec("pbx1", addr)).unwrap();
+    driver.connect(id).unwrap();
+    driver.wait_ready(id, Duration::from_secs(5)).unwrap();
+    // The driver does not tick while the peer writes and closes.
+    go.send(()).unwrap();
+    wait_closed.recv().unwrap();
+    server.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while driver.state(id) == State::Healthy && Instant::now() < deadline {
+        driver.tick_all(Duration::from_millis(10));
+    }
+    assert_ne!(
+        driver.state(id),
+        State::Healthy,
+        "the end of the stream was missed"
+    );
+}
