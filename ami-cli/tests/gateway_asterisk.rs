@@ -210,8 +210,10 @@ fn the_flood_lands_in_the_events_stream_exactly_once() {
     seqs.sort_unstable();
     seqs.dedup();
     let dropped = gw.metric_sum("ami_dropped_events_total");
+    let lost = gw.metric_sum("ami_connections_lost_total");
     eprintln!(
-        "flood through the gateway: {in_stream} Flood entries in {:.1} s, dropped {dropped}",
+        "flood through the gateway: {in_stream} Flood entries in {:.1} s, dropped {dropped}, \
+         sessions lost {lost}",
         elapsed.as_secs_f64()
     );
     assert!(done);
