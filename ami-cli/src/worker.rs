@@ -64,20 +64,7 @@ pub fn init_logging() {
 /// The `worker` span (its `worker_pid` field), once logging is set up.
 static WORKER_SPAN: std::sync::OnceLock<tracing::Span> = std::sync::OnceLock::new();
 
-/// How much nicer than the AMI loop the threads of [`spawn_thread`] run.
-pub const BACKGROUND_NICENESS: i32 = 5;
-
-/// Starts a named background thread (an outlet, the HTTP endpoint, the gateway's
-/// request and completion threads) whose log lines carry `worker_pid`, as the main
-/// thread's do.
-///
-/// The thread runs [`BACKGROUND_NICENESS`] nicer than the thread that starts it (the
-/// AMI loop): when the machine is short of CPU, the loop that reads the AMI sockets is
-/// served first. Asterisk cuts a session whose reader stalls for more than its
-/// `writetimeout` (100 ms), and every event it held then is lost without a count; an
-/// outlet that falls behind instead grows its queue, within the memory budget, and
-/// drops with a count past it. When the priority cannot be changed, the thread runs
-/// at the loop's and says so in a debug line.
+/// Starts a named thread whose log lines carry `worker_pid`, as the main thread's do.
 pub fn spawn_thread<T: Send + 'static>(
     name: &str,
     body: impl FnOnce() -> T + Send + 'static,
@@ -88,24 +75,7 @@ pub fn spawn_thread<T: Send + 'static>(
         .unwrap_or_else(tracing::Span::none);
     std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(move || {
-            span.in_scope(|| {
-                yield_to_the_loop();
-                body()
-            })
-        })
-}
-
-/// Makes the calling thread [`BACKGROUND_NICENESS`] nicer. A thread's niceness starts
-/// as its parent's; on Linux `setpriority` with a thread's id changes that thread only.
-fn yield_to_the_loop() {
-    let tid = Some(rustix::thread::gettid());
-    let niced = rustix::process::getpriority_process(tid).and_then(|nice| {
-        rustix::process::setpriority_process(tid, (nice + BACKGROUND_NICENESS).min(19))
-    });
-    if let Err(error) = niced {
-        tracing::debug!(%error, "background thread keeps the AMI loop's priority");
-    }
+        .spawn(move || span.in_scope(body))
 }
 
 /// The keys of the servers a command should use: `--all`, `--server KEY`, or the
@@ -204,26 +174,4 @@ pub fn driver_for(
             .map_err(|e| CliError::Usage(e.to_string()))?;
     }
     Ok((driver, ids))
-}
-
-#[cfg(test)]
-mod thread_tests {
-    use super::{BACKGROUND_NICENESS, spawn_thread};
-
-    fn own_niceness() -> i32 {
-        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
-    }
-
-    /// A background thread runs nicer than the thread that started it, which keeps
-    /// its own priority.
-    #[test]
-    fn background_threads_run_nicer_than_the_loop() {
-        let loop_niceness = own_niceness();
-        let background = spawn_thread("nice-test", own_niceness)
-            .unwrap()
-            .join()
-            .unwrap();
-        assert_eq!(background, (loop_niceness + BACKGROUND_NICENESS).min(19));
-        assert_eq!(own_niceness(), loop_niceness);
-    }
 }

@@ -248,13 +248,8 @@ struct Server {
     transport: Option<Transport>,
     /// The transport's connect was confirmed.
     transport_up: bool,
-    /// Readable and not yet drained (to `WouldBlock` or a short plain-TCP read; edge-
-    /// triggered: no new event comes until new data does).
+    /// Readable and not yet read to `WouldBlock` (edge-triggered: no new event will come).
     read_ready: bool,
-    /// A readiness event said the peer closed its side (or the socket failed): its end
-    /// may be queued behind the data, with no new event to come, so the socket is read
-    /// to its end or `WouldBlock`, a short read no longer telling it is drained.
-    peer_closed: bool,
     /// The last write hit `WouldBlock`: wait for a writable event before writing again.
     write_blocked: bool,
     /// Since when reading is paused because the event queue is half full
@@ -395,7 +390,6 @@ impl Driver {
             transport: None,
             transport_up: false,
             read_ready: false,
-            peer_closed: false,
             write_blocked: false,
             read_paused_since: None,
             listed: false,
@@ -767,7 +761,7 @@ impl Driver {
 
     /// Moves every server forward: waits for readiness (at most `timeout`, clamped to
     /// 250 ms, and never past the earliest deadline or reconnect attempt), reads every
-    /// ready socket until it is drained (within the read budget), writes what each
+    /// ready socket until `WouldBlock` (within the read budget), writes what each
     /// connection has queued, runs due timeouts, heartbeats and reconnect attempts,
     /// then dispatches outputs: opens the sockets nodes ask for, drops closed ones,
     /// runs completion callbacks and listeners.
@@ -871,9 +865,6 @@ impl Driver {
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 server.read_ready = true;
-            }
-            if event.is_read_closed() || event.is_error() {
-                server.peer_closed = true;
             }
             if event.is_writable() {
                 server.write_blocked = false;
@@ -1263,8 +1254,14 @@ fn named_keys(strategy: &Strategy<String>) -> Vec<&String> {
     }
 }
 
-/// Reads a ready server until `WouldBlock` (or a short plain-TCP read, which tells the
-/// same: [`Transport::drained_by`]), its end, or the read budget.
+/// Reads a ready server until `WouldBlock`, its end, or the read budget.
+///
+/// Not until a short read: that one found the socket drained, but while its bytes are
+/// parsed more arrive when the server is ahead, and the next read takes them. Stopping
+/// at short reads (tried in `b5dea2a`) saved a `recvfrom` per wake-up against a quiet
+/// Asterisk, but cut the reading to one socket buffer per tick when the client was
+/// behind, and Asterisk then cut the session (its 100 ms `writetimeout`) or answered
+/// heartbeats too late.
 fn read_server(
     server: &mut Server,
     core: &mut ClientCore<Callback>,
@@ -1306,8 +1303,7 @@ fn read_server(
             Ok(n) => {
                 total += n as u64;
                 core.handle_data(id, now, &buf[..n]);
-                let drained = !server.peer_closed && transport.drained_by(n, buf.len());
-                if core.node(id).state() == State::Closed || drained {
+                if core.node(id).state() == State::Closed {
                     server.read_ready = false;
                     return total;
                 }
@@ -1364,7 +1360,6 @@ fn drop_transport(registry: &Registry, server: &mut Server) {
     }
     server.transport_up = false;
     server.read_ready = false;
-    server.peer_closed = false;
     server.write_blocked = false;
 }
 

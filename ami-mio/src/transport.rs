@@ -35,20 +35,6 @@ impl Transport {
         }
     }
 
-    /// Whether a read that gave `n` of the `asked` bytes emptied the socket, so that the
-    /// next read would only say `WouldBlock`. For plain TCP a short read tells so
-    /// (epoll(7): a stream socket whose read returns less than asked has no more data;
-    /// new data raises a new edge-triggered event), which saves a system call per
-    /// wake-up when the server writes many small frames, as Asterisk does. TLS reads
-    /// through its own buffers, so there only `WouldBlock` tells.
-    pub(crate) fn drained_by(&self, n: usize, asked: usize) -> bool {
-        match self {
-            Transport::Plain(_) => n < asked,
-            #[cfg(feature = "tls")]
-            Transport::Tls(_) => false,
-        }
-    }
-
     /// Writes plaintext; may take fewer bytes than offered.
     pub(crate) fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         match self {

@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,18 +30,24 @@ fn read_action(reader: &mut impl BufRead) -> Option<(String, String)> {
     }
 }
 
+/// Accepts one client and writes it the banner; returns the stream to write to and a
+/// reader of the same stream.
+fn accept_with_banner(listener: &TcpListener) -> (TcpStream, BufReader<TcpStream>) {
+    let (stream, _) = listener.accept().unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    writer
+        .write_all(b"Asterisk Call Manager/11.0.0\r\n")
+        .unwrap();
+    (writer, BufReader::new(stream))
+}
+
 /// A server that logs the client in, sends `events` Hangup events, answers Ping, and
 /// answers Logoff with Goodbye.
 fn scripted_server(events: usize) -> (SocketAddr, thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut writer = stream.try_clone().unwrap();
-        let mut reader = BufReader::new(stream);
-        writer
-            .write_all(b"Asterisk Call Manager/11.0.0\r\n")
-            .unwrap();
+        let (mut writer, mut reader) = accept_with_banner(&listener);
         while let Some((name, id)) = read_action(&mut reader) {
             match name.as_str() {
                 "Login" => {
@@ -349,12 +355,7 @@ fn an_end_queued_behind_data_is_seen() {
     let (go, wait_go) = std::sync::mpsc::channel::<()>();
     let (closed, wait_closed) = std::sync::mpsc::channel::<()>();
     let server = thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut writer = stream.try_clone().unwrap();
-        let mut reader = BufReader::new(stream);
-        writer
-            .write_all(b"Asterisk Call Manager/11.0.0\r\n")
-            .unwrap();
+        let (mut writer, mut reader) = accept_with_banner(&listener);
         let (_, id) = read_action(&mut reader).unwrap();
         write!(
             writer,
