@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use support::{ChannelWatch, Seen, sandbox_config};
+use support::{ChannelWatch, Seen, sandbox_config, wait_until};
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -102,7 +102,21 @@ fn no_more_than_three_calls_are_up_at_once() {
         .iter()
         .map(|r| r["linkedid"].as_str().unwrap().to_owned())
         .collect();
-    // Replay Asterisk's view: the calls with a channel up, after each event.
+    // `originate` ends when its own session has seen every call end; the watch reads
+    // the same Hangups on a session of its own, maybe later on a busy machine.
+    wait_until(
+        Duration::from_secs(10),
+        "the watch saw every channel of the calls hang up",
+        || replay_calls(&watch, &calls).1.is_empty(),
+    );
+    let (most, _) = replay_calls(&watch, &calls);
+    eprintln!("7 calls of 3 s, max_concurrent_calls 3: at most {most} up at once");
+    assert_eq!(most, 3);
+}
+
+/// Replays what `watch` saw of the channels of `calls` (by `Linkedid`): the most calls
+/// with a channel up at once, and the channels still up at the end.
+fn replay_calls(watch: &ChannelWatch, calls: &HashSet<String>) -> (usize, Vec<String>) {
     let mut up: Vec<(String, String)> = Vec::new();
     let mut most = 0;
     for s in watch.seen().iter().filter(|s| calls.contains(&s.linkedid)) {
@@ -113,7 +127,5 @@ fn no_more_than_three_calls_are_up_at_once() {
         let live: HashSet<&String> = up.iter().map(|(_, l)| l).collect();
         most = most.max(live.len());
     }
-    eprintln!("7 calls of 3 s, max_concurrent_calls 3: at most {most} up at once");
-    assert_eq!(most, 3);
-    assert!(up.is_empty(), "channels left up: {up:?}");
+    (most, up.into_iter().map(|(uniqueid, _)| uniqueid).collect())
 }
