@@ -104,6 +104,7 @@ pub mod connection;
 pub mod correlation;
 pub mod error;
 pub mod events;
+mod line_search;
 pub mod message;
 pub mod parser;
 pub mod redact;

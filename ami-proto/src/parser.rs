@@ -37,6 +37,7 @@
 use memchr::memchr;
 
 use crate::error::ConfigError;
+use crate::line_search::{HIGHS, LineScanner, find_colon, find_newline, is_ascii};
 use crate::message::{Field, Layout, Message};
 
 /// The largest limit the parser can honour: it records where each header lies in its
@@ -431,14 +432,15 @@ impl Parser {
     fn parse_in_place(&mut self, data: &[u8], emit: &mut impl FnMut(Parsed)) -> usize {
         self.msg_start = 0;
         self.line_start = 0;
+        let mut lines = LineScanner::default();
         loop {
             let mut seen = 0;
-            let Some(offset) = find_newline(&data[self.line_start..], &mut seen) else {
+            let Some(found) = lines.next(data, self.line_start, &mut seen) else {
                 break;
             };
             self.high |= seen;
-            let newline = self.line_start + offset;
-            self.handle_line(data, newline, emit);
+            let newline = self.line_start + found.newline;
+            self.handle_line(data, newline, found.colon, emit);
             if let Mode::Discarding { .. } = self.mode {
                 // The caller skips the rest up to the next blank line.
                 self.msg_start = 0;
@@ -485,7 +487,8 @@ impl Parser {
         let mut buf = std::mem::take(&mut self.buf);
         buf.extend_from_slice(&now[..used]);
         if newline.is_some() {
-            self.handle_line(&buf, buf.len() - 1, emit);
+            let colon = find_colon(&buf[self.line_start..]);
+            self.handle_line(&buf, buf.len() - 1, colon, emit);
         }
         // A line ends a message (or starts its discard) only at the line's end, here the
         // end of `buf`; otherwise the message goes on from the start of `buf`.
@@ -513,7 +516,13 @@ impl Parser {
     /// Inlined into the line loops: most lines are headers of a message in progress,
     /// handled here without a call; the rest go to [`Parser::other_line`].
     #[inline(always)]
-    fn handle_line(&mut self, window: &[u8], newline: usize, emit: &mut impl FnMut(Parsed)) {
+    fn handle_line(
+        &mut self,
+        window: &[u8],
+        newline: usize,
+        colon: Option<usize>,
+        emit: &mut impl FnMut(Parsed),
+    ) {
         let start = self.line_start;
         let line_end = newline + 1;
         self.line_start = line_end;
@@ -527,7 +536,7 @@ impl Parser {
         if line_end - self.msg_start > self.limit {
             self.line_too_large(window, line, line_end, emit);
         } else if !line.is_empty() && matches!(self.mode, Mode::Headers) {
-            self.header_line(window, line, start, line_end);
+            self.header_line(window, line, start, colon, line_end);
         } else {
             self.other_line(window, start, end, line_end, emit);
         }
@@ -567,8 +576,15 @@ impl Parser {
     /// Handles `line`, a header line (not blank) of `window` at `start`, in `Headers`
     /// mode.
     #[inline(always)]
-    fn header_line(&mut self, window: &[u8], line: &[u8], start: usize, line_end: usize) {
-        if !self.push_header(line, start) {
+    fn header_line(
+        &mut self,
+        window: &[u8],
+        line: &[u8],
+        start: usize,
+        colon: Option<usize>,
+        line_end: usize,
+    ) {
+        if !self.push_header(line, start, colon) {
             self.start_discard_at_line_end(window, ParseError::MalformedLine, line_end);
             return;
         }
@@ -618,11 +634,13 @@ impl Parser {
             }
             Mode::Start | Mode::Headers => {
                 self.mode = Mode::Headers;
-                self.header_line(window, &window[start..end], start, line_end);
+                let line = &window[start..end];
+                self.header_line(window, line, start, find_colon(line), line_end);
             }
             Mode::FollowsHeaders => {
                 let checkpoint = self.fields.len();
-                if self.push_header(&window[start..end], start)
+                let line = &window[start..end];
+                if self.push_header(line, start, find_colon(line))
                     && (self.key_is(window, checkpoint, "Privilege")
                         || self.key_is(window, checkpoint, "ActionID"))
                 {
@@ -645,18 +663,18 @@ impl Parser {
     /// Records `line`, a header line that starts at `start` in the window; false when it
     /// is not `Key: Value`.
     #[inline(always)]
-    fn push_header(&mut self, line: &[u8], start: usize) -> bool {
-        let Some(colon) = find_colon(line) else {
+    fn push_header(&mut self, line: &[u8], start: usize, colon: Option<usize>) -> bool {
+        let Some(colon) = colon else {
             return false;
         };
         if colon == 0 {
             return false;
         }
-        let key = &line[..colon];
         let mut value = colon + 1;
         while let Some(b' ' | b'\t') = line.get(value) {
             value += 1;
         }
+        let key = &line[..colon];
         // The three keys that shape a message are found here, once, by length first.
         let index = Some(self.fields.len());
         if key.len() == 5 {
@@ -858,89 +876,6 @@ impl Parser {
     }
 }
 
-/// The position of the first `:` in `line`. Keys are short (10 bytes on average), too
-/// short for a SIMD search to pay off, so this tests 8 bytes per step in a `u64`
-/// (the classic "has zero byte" trick on `word ^ b":::::::: "`).
-#[inline(always)]
-fn find_colon(line: &[u8]) -> Option<usize> {
-    find_byte::<b':'>(line)
-}
-
-/// The position of the first `\n`. Most AMI lines are short (about 20 bytes, nearly
-/// all under 40), where a word-at-a-time search beats a SIMD call; longer lines go to
-/// `memchr`. (On the Asterisk 22 capture a 64-byte head measured 2–3% faster than a
-/// 32-byte one, which sent the many 32–39-byte lines to `memchr`; 16 bytes was 20%
-/// slower.)
-///
-/// When it finds one, `seen` gets the OR of the bytes before it, and maybe of a few
-/// after it (in the same word): the high bits of `seen` tell whether they are ASCII,
-/// for free, from the words the search loads anyway. (When it finds none, `seen` may
-/// miss bytes.)
-#[inline(always)]
-fn find_newline(haystack: &[u8], seen: &mut u64) -> Option<usize> {
-    const SHORT: usize = 64;
-    if haystack.len() <= SHORT {
-        return find_byte_seeing::<b'\n'>(haystack, seen);
-    }
-    find_byte_seeing::<b'\n'>(&haystack[..SHORT], seen).or_else(|| {
-        let newline = SHORT + memchr(b'\n', &haystack[SHORT..])?;
-        if !is_ascii(&haystack[SHORT..newline]) {
-            *seen |= HIGHS;
-        }
-        Some(newline)
-    })
-}
-
-/// The position of the first `NEEDLE` in `haystack`, 8 bytes per step.
-#[inline(always)]
-fn find_byte<const NEEDLE: u8>(line: &[u8]) -> Option<usize> {
-    // The OR of the bytes is dropped, so the compiler leaves it out.
-    find_byte_seeing::<NEEDLE>(line, &mut 0)
-}
-
-/// The high bit of every byte of a word.
-const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-
-/// [`find_byte`], also ORing into `seen` every byte it loads: all those before the
-/// first `NEEDLE`, and those after it in the same 8-byte word (all of `line` when
-/// there is no `NEEDLE`).
-#[inline(always)]
-fn find_byte_seeing<const NEEDLE: u8>(line: &[u8], seen: &mut u64) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    let needles: u64 = u64::from_ne_bytes([NEEDLE; 8]);
-    let mut chunks = line.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
-        *seen |= word;
-        let diff = word ^ needles;
-        // The lowest flagged byte is exact; borrows can only flag bytes above it.
-        let found = diff.wrapping_sub(ONES) & !diff & HIGHS;
-        if found != 0 {
-            return Some(offset + (found.trailing_zeros() / 8) as usize);
-        }
-        offset += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| {
-            *seen |= u64::from(b);
-            b == NEEDLE
-        })
-        .map(|i| offset + i)
-}
-
-/// Whether `bytes` are all ASCII. Unlike `<[u8]>::is_ascii`, which stops at the first
-/// non-ASCII byte, this ORs every byte together: the compiler turns that into a few
-/// vector ORs per 64 bytes with no byte-at-a-time tail, faster on whole messages
-/// (where non-ASCII bytes are rare).
-fn is_ascii(bytes: &[u8]) -> bool {
-    bytes.iter().fold(0, |all, &byte| all | byte) < 0x80
-}
-
 /// Rebuilds a message whose bytes are not valid UTF-8, replacing each invalid sequence
 /// with U+FFFD. The replacement holds no `:` or `\n`, so the structure is unchanged.
 fn reparse_lossy(bytes: &[u8], follows: bool) -> Message {
@@ -966,7 +901,7 @@ fn reparse_lossy(bytes: &[u8], follows: bool) -> Message {
 
 #[cfg(test)]
 mod tests {
-    use super::{HIGHS, Limits, Parsed, Parser, find_colon, find_newline};
+    use super::{Limits, Parsed, Parser};
 
     fn parse_split(limits: Limits, input: &[u8], cut: usize) -> (Vec<Parsed>, Vec<usize>) {
         let mut parser = Parser::new(limits);
@@ -1035,61 +970,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// `find_newline` finds the first `\n` at every place, on both sides of the head
-    /// searched by words, and `seen` shows a non-ASCII byte anywhere before it.
-    #[test]
-    fn find_newline_agrees_with_a_plain_search() {
-        for len in 0..150 {
-            for newline_at in (0..=len).chain([usize::MAX]) {
-                let mut line: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
-                if newline_at < len {
-                    line[newline_at] = b'\n';
-                }
-                // Bytes just around '\n' (0x0a) must not be mistaken for it.
-                if newline_at > 0 && newline_at < len {
-                    line[newline_at - 1] = 0x0b;
-                }
-                let expected = line.iter().position(|&b| b == b'\n');
-                let mut seen = 0;
-                assert_eq!(find_newline(&line, &mut seen), expected, "{line:?}");
-                if expected.is_some() {
-                    assert_eq!(seen & HIGHS, 0, "{line:?}");
-                }
-                for odd_at in 0..expected.unwrap_or(0) {
-                    let mut odd = line.clone();
-                    odd[odd_at] = 0xc3;
-                    let mut seen = 0;
-                    assert_eq!(find_newline(&odd, &mut seen), expected);
-                    assert_ne!(seen & HIGHS, 0, "{odd:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn find_colon_agrees_with_a_plain_search() {
-        let mut line = Vec::new();
-        for len in 0..40 {
-            for colon_at in 0..=len {
-                line.clear();
-                line.extend((0..len).map(|i| {
-                    if i == colon_at {
-                        b':'
-                    } else {
-                        b'a' + (i % 26) as u8
-                    }
-                }));
-                // Bytes just around ':' (0x3a) must not be mistaken for it.
-                if len > 0 && colon_at != 0 {
-                    line[0] = 0x39;
-                }
-                let expected = line.iter().position(|&b| b == b':');
-                assert_eq!(find_colon(&line), expected, "{line:?}");
-            }
-        }
-        assert_eq!(find_colon(b"\x3b\x3a\x3a"), Some(1));
-        assert_eq!(find_colon(&[0xff; 17]), None);
     }
 }
