@@ -249,16 +249,26 @@ impl Message {
 
     /// The first value of `key` (case-insensitive).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.headers()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
+        self.fields_of(key)
+            .next()
+            .map(|field| self.slice(field.value_start, field.value_end))
     }
 
     /// Every value of `key` (case-insensitive), in wire order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
+        self.fields_of(key)
+            .map(|field| self.slice(field.value_start, field.value_end))
+    }
+
+    /// The header fields whose key is `key` (case-insensitive), in wire order. Keys are
+    /// compared as bytes: only the values asked for are made `&str`.
+    fn fields_of<'a>(&'a self, key: &'a str) -> impl Iterator<Item = Field> + 'a {
+        self.fields()
+            .take(self.headers as usize)
+            .filter(move |field| {
+                self.buf[field.key_start as usize..field.key_end as usize]
+                    .eq_ignore_ascii_case(key.as_bytes())
+            })
     }
 
     /// Every header as `(key, value)`, in wire order and with the key's wire case.
@@ -311,12 +321,7 @@ impl Message {
         if self.follows {
             return self.body_lines().collect();
         }
-        self.fields()
-            .take(self.headers as usize)
-            .filter(|field| {
-                self.slice(field.key_start, field.key_end)
-                    .eq_ignore_ascii_case("Output")
-            })
+        self.fields_of("Output")
             .map(|field| {
                 let raw = self.slice(field.key_end + 1, field.value_end);
                 raw.strip_prefix(' ').unwrap_or(raw)
