@@ -78,7 +78,7 @@ impl LineScanner {
             let newline = self.newlines.trailing_zeros() as usize;
             self.newlines &= self.newlines - 1;
             // The bytes of this line, `skipped..newline`.
-            let line = ((1 << newline) - 1) & (u64::MAX << skipped);
+            let line = (1 << newline) - (1 << skipped);
             if self.highs & line != 0 {
                 *seen |= HIGHS;
             }
