@@ -4,7 +4,8 @@
 //! at least 100 MB, then parses it fed 64 KiB at a time (best of several runs) and
 //! compares with the floor, `memchr::memmem` counting `\r\n\r\n` over the same bytes.
 //! Prints MB/s (10^6 bytes), messages/s, the floor and the ratio, and the peak resident
-//! memory (`VmHWM`) before and after parsing.
+//! memory (`VmHWM`) before and after parsing, then the time of four `Message::get`
+//! lookups per message on the first 20 MB's messages.
 //!
 //! Run with `cargo run --release -p ami-proto --example parse_throughput [RUNS]`.
 
@@ -14,6 +15,9 @@ use std::time::{Duration, Instant};
 #[path = "../benches/corpus.rs"]
 mod corpus;
 use corpus::{CHUNK, corpus, parse_count};
+
+use ami_proto::message::Message;
+use ami_proto::parser::{Limits, Parsed, Parser};
 
 /// The peak resident set size of this process in KiB (`VmHWM`), if the system tells.
 fn peak_rss_kib() -> Option<u64> {
@@ -103,4 +107,42 @@ fn main() {
             after.saturating_sub(before)
         );
     }
+
+    // Header lookups, as a consumer of the messages does them: three keys most events
+    // have and one that none has (a lookup that visits every header).
+    let kept = parse_messages(&data[..LOOKUP_CORPUS.min(data.len())]);
+    let (found, lookup_time) = best_of(runs, || {
+        kept.iter()
+            .map(|message| {
+                LOOKUP_KEYS
+                    .iter()
+                    .filter_map(|key| message.get(black_box(key)))
+                    .count()
+            })
+            .sum::<usize>()
+    });
+    println!(
+        "lookups:      {} `get`s on each of {} messages ({} found): {:.0} ns per message",
+        LOOKUP_KEYS.len(),
+        kept.len(),
+        found,
+        lookup_time.as_secs_f64() * 1e9 / kept.len() as f64
+    );
+}
+
+/// How much of the corpus the lookups run on (its messages are kept in memory).
+const LOOKUP_CORPUS: usize = 20 * 1000 * 1000;
+/// The keys looked up in each message.
+const LOOKUP_KEYS: [&str; 4] = ["Uniqueid", "Channel", "Linkedid", "NoSuchKey"];
+
+/// Every message of `data`, kept.
+fn parse_messages(data: &[u8]) -> Vec<Message> {
+    let mut parser = Parser::new(Limits::default());
+    let mut messages = Vec::new();
+    parser.feed(data, &mut |item| {
+        if let Parsed::Message(message) = item {
+            messages.push(message);
+        }
+    });
+    messages
 }
