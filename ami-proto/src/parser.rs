@@ -670,7 +670,10 @@ impl Parser {
         if colon == 0 {
             return false;
         }
+        // Asterisk writes one space after the colon: skipped without a branch. More
+        // blanks, rare, take the loop.
         let mut value = colon + 1;
+        value += usize::from(line.get(value) == Some(&b' '));
         while let Some(b' ' | b'\t') = line.get(value) {
             value += 1;
         }
