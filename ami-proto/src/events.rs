@@ -349,19 +349,18 @@ impl EventQueue {
     /// charges it to its budget, dropping the oldest for memory if the budget is short
     /// (see the [module documentation](self)).
     pub fn push(&mut self, mut event: Event, now: Instant) -> Pushed {
-        let name = event.name();
-        if self
-            .blocked_names
-            .iter()
-            .any(|blocked| blocked.eq_ignore_ascii_case(name))
-        {
+        // The name is only looked at when there are names to compare it with.
+        let named = |names: &[String]| {
+            !names.is_empty() && {
+                let name = event.name();
+                names.iter().any(|listed| listed.eq_ignore_ascii_case(name))
+            }
+        };
+        if named(&self.blocked_names) {
             self.counters.blocked += 1;
             return Pushed::Blocked;
         }
-        let is_priority = self
-            .priority_names
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(name));
+        let is_priority = named(&self.priority_names);
         if !event.try_charge() {
             return self.push_short_of_memory(event, is_priority, now);
         }
