@@ -96,6 +96,87 @@ impl LineScanner {
     }
 }
 
+/// Takes the lines of one input one after another, each starting where the last one
+/// ended: the parser's common case, header after header (see `Parser::header_run`).
+///
+/// Like [`LineScanner`] it compares the 64 bytes from a line's start with `\n` and `:`
+/// once, and takes every line that ends in them from the bit masks; it does less per
+/// line because its lines are consecutive: no mask of the lines already taken, and the
+/// ASCII check once per window instead of once per line. A line that does not end
+/// within 64 bytes of its start, or within the input, is left to the caller.
+#[derive(Debug, Default)]
+pub(crate) struct RunScanner {
+    /// Where the window starts in the input.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    base: usize,
+    /// One bit per byte of the window: the `\n`s of the lines not taken yet, the `:`s,
+    /// and the bytes that are not ASCII.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    newlines: u64,
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    colons: u64,
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    highs: u64,
+}
+
+impl RunScanner {
+    /// The line of `data` that starts at `start` (where the line this scanner returned
+    /// last ended, or anywhere for its first): where its `\n` is, and the first `:`
+    /// from `start` on in the window, which may lie past the line (offsets in `data`).
+    /// `None` when the line does not end within the 64 bytes from its start, or fewer
+    /// are left. When the scanner loads a window with bytes that are not ASCII, it sets
+    /// [`HIGHS`] in `high` (whose message it counts as not known to be ASCII).
+    #[inline(always)]
+    pub(crate) fn next(
+        &mut self,
+        data: &[u8],
+        start: usize,
+        high: &mut u64,
+    ) -> Option<(usize, Option<usize>)> {
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        {
+            if self.newlines == 0 {
+                let window = data.get(start..)?.first_chunk::<64>()?;
+                let masks = sse2::Masks::of(window);
+                if masks.newlines == 0 {
+                    return None;
+                }
+                *self = RunScanner {
+                    base: start,
+                    newlines: masks.newlines,
+                    colons: masks.colons,
+                    highs: masks.highs,
+                };
+                self.start_message(high);
+            }
+            // Below 64: a line is taken from the window only when another ends in it.
+            let skipped = start - self.base;
+            let newline = self.base + self.newlines.trailing_zeros() as usize;
+            self.newlines &= self.newlines - 1;
+            let colons = self.colons >> skipped;
+            let colon = (colons != 0).then(|| start + colons.trailing_zeros() as usize);
+            Some((newline, colon))
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+        {
+            let _ = (data, start, high);
+            None
+        }
+    }
+
+    /// A new message starts inside the window (its `high` was reset): sets [`HIGHS`]
+    /// in `high` when the window has bytes that are not ASCII.
+    #[inline(always)]
+    pub(crate) fn start_message(&self, high: &mut u64) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        if self.highs != 0 {
+            *high |= HIGHS;
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+        let _ = high;
+    }
+}
+
 /// SSE2 compares (every x86-64 CPU has SSE2) through `safe_arch`, whose wrappers of the
 /// intrinsics are safe to call: `ami-proto` forbids `unsafe`. (The compiler does not
 /// turn a plain loop into `pmovmskb`, the instruction that makes a bit mask of a

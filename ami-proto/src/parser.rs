@@ -37,7 +37,7 @@
 use memchr::memchr;
 
 use crate::error::ConfigError;
-use crate::line_search::{HIGHS, LineScanner, find_colon, find_newline, is_ascii};
+use crate::line_search::{HIGHS, LineScanner, RunScanner, find_colon, find_newline, is_ascii};
 use crate::message::{Field, Layout, Message};
 
 /// The largest limit the parser can honour: it records where each header lies in its
@@ -434,6 +434,9 @@ impl Parser {
         self.line_start = 0;
         let mut lines = LineScanner::default();
         loop {
+            if matches!(self.mode, Mode::Headers) {
+                self.header_run(data, emit);
+            }
             let mut seen = 0;
             let Some(found) = lines.next(data, self.line_start, &mut seen) else {
                 break;
@@ -509,6 +512,83 @@ impl Parser {
 
     fn discarding(&self) -> bool {
         matches!(self.mode, Mode::Discarding { .. })
+    }
+
+    /// Takes the lines of `data` from `line_start` on while they are the common case,
+    /// in `Headers` mode: header lines of an event within its frame limit, and the blank
+    /// lines that end its messages. Returns at the first line it leaves to
+    /// [`Parser::handle_line`] (a `Response` header, a malformed or long line, a line
+    /// over the limit, the last line of the input), with the parser where that line
+    /// starts.
+    ///
+    /// This is the parser's hot loop: it does what [`Parser::handle_line`] would for
+    /// those lines, with the line's position in locals instead of the parser's fields,
+    /// and the `Response` and `Output` rules left out (they apply only from a
+    /// `Response` header on, which returns).
+    #[inline(always)]
+    fn header_run(&mut self, data: &[u8], emit: &mut impl FnMut(Parsed)) {
+        if self.response_field.is_some() && self.event_field.is_none() {
+            // A response: each of its lines may be `Output` (see `header_line`).
+            return;
+        }
+        let mut lines = RunScanner::default();
+        let mut start = self.line_start;
+        let mut msg_start = self.msg_start;
+        let limit = self.limit;
+        while let Some((newline, colon)) = lines.next(data, start, &mut self.high) {
+            let line_end = newline + 1;
+            if line_end - msg_start > limit {
+                break;
+            }
+            let end = newline - usize::from(newline > start && data[newline - 1] == b'\r');
+            if end == start {
+                // A blank line: the end of the message, or of an empty one.
+                if !self.fields.is_empty() {
+                    self.msg_start = msg_start;
+                    self.complete(data, start, line_end, emit);
+                    lines.start_message(&mut self.high);
+                }
+                msg_start = line_end;
+                start = line_end;
+                continue;
+            }
+            // No `:` in the line (the first one found may lie past it), or an empty key:
+            // malformed, for `handle_line` to discard.
+            let Some(colon) = colon.filter(|&colon| colon > start && colon < end) else {
+                break;
+            };
+            let key = &data[start..colon];
+            let index = Some(self.fields.len());
+            if key.len() == 5 {
+                if self.event_field.is_none() && key.eq_ignore_ascii_case(b"Event") {
+                    self.event_field = index;
+                }
+            } else if key.len() == 8 {
+                if key.eq_ignore_ascii_case(b"Response") {
+                    break;
+                }
+                if self.action_id_field.is_none() && key.eq_ignore_ascii_case(b"ActionID") {
+                    self.action_id_field = index;
+                }
+            }
+            // One space after the colon, as Asterisk writes, without a branch; more
+            // blanks take the loop. (`data[end]` is `\r` or `\n`, never blank.)
+            let mut value = colon + 1;
+            value += usize::from(data[value] == b' ');
+            while let b' ' | b'\t' = data[value] {
+                value += 1;
+            }
+            let base = start - msg_start;
+            self.fields.push(Field {
+                key_start: base as u32,
+                key_end: (colon - msg_start) as u32,
+                value_start: (value - msg_start) as u32,
+                value_end: (end - msg_start) as u32,
+            });
+            start = line_end;
+        }
+        self.msg_start = msg_start;
+        self.line_start = start;
     }
 
     /// Handles the complete line of `window` from `line_start` to the `\n` at `newline`.

@@ -312,6 +312,16 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         Just(b"\r\n\n".to_vec()),
         Just(b"Message: bare\n\r\n".to_vec()),
         Just(format!("Event: Big\r\nData: {}\r\n\r\n", "b".repeat(300)).into_bytes()),
+        // Bytes that are not ASCII, some not UTF-8 (replaced when the message is built).
+        Just(b"Event: Hangup\r\nCause-txt: Caf\xc3\xa9\r\nBad: \xff\xfe\r\n\r\n".to_vec()),
+        // An event with a `Response` header, which is still an event.
+        Just(
+            b"Event: OriginateResponse\r\nResponse: Success\r\nActionID: o-1\r\nOutput: x\r\n\r\n"
+                .to_vec()
+        ),
+        // Keys in other cases, blanks after the colon, an empty value, an empty key.
+        Just(b"event:\t  Tabbed\r\nactionid:x\r\nEmpty:\r\n:no key\r\n\r\n".to_vec()),
+        Just(b"Event: Bare\nLines: 1\n\n".to_vec()),
         // A legacy command response over every limit, its body with blank lines and
         // header-like lines: discarded up to its sentinel line.
         Just(
