@@ -31,9 +31,14 @@ pub(crate) struct Field {
     pub(crate) value_end: u32,
 }
 
+/// A field as stored in a message's field table ([`Field::to_bytes`]). The parser
+/// keeps the fields of the message in progress in this form, so that the table is
+/// copied into the message in one piece.
+pub(crate) type StoredField = [u8; Field::SIZE];
+
 impl Field {
     /// Size of a field in a message's field table.
-    const SIZE: usize = 16;
+    pub(crate) const SIZE: usize = 16;
 
     /// A body line of a legacy `Response: Follows` message: no key, the line is the value.
     pub(crate) fn line(start: u32, end: u32) -> Self {
@@ -45,8 +50,10 @@ impl Field {
         }
     }
 
-    /// The field as stored in a message's field table: four little-endian `u32`s.
-    fn to_bytes(self) -> [u8; Field::SIZE] {
+    /// The field as stored in a message's field table: four native-endian `u32`s (the
+    /// table never leaves the process).
+    #[inline(always)]
+    pub(crate) fn to_bytes(self) -> StoredField {
         let mut bytes = [0; Field::SIZE];
         let offsets = [
             self.key_start,
@@ -55,18 +62,18 @@ impl Field {
             self.value_end,
         ];
         for (slot, offset) in bytes.chunks_exact_mut(4).zip(offsets) {
-            slot.copy_from_slice(&offset.to_le_bytes());
+            slot.copy_from_slice(&offset.to_ne_bytes());
         }
         bytes
     }
 
     /// The field stored as `bytes` (from [`Field::to_bytes`]) in a field table.
     #[inline]
-    fn from_bytes(bytes: &[u8]) -> Self {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
         // One length check up front spares one per offset.
         let bytes = &bytes[..Field::SIZE];
         let offset = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+            u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
         Field {
             key_start: offset(0),
@@ -117,15 +124,12 @@ pub struct Message {
 impl Message {
     /// Builds a message from its UTF-8 bytes (copied), the fields found in them and
     /// where the parser saw the headers that matter.
-    pub(crate) fn from_parts(bytes: &[u8], fields: &[Field], layout: Layout) -> Self {
+    pub(crate) fn from_parts(bytes: &[u8], fields: &[StoredField], layout: Layout) -> Self {
         debug_assert!(std::str::from_utf8(bytes).is_ok());
-        let len = bytes.len() + fields.len() * Field::SIZE;
-        let mut buf = Vec::with_capacity(len);
+        let table = fields.as_flattened();
+        let mut buf = Vec::with_capacity(bytes.len() + table.len());
         buf.extend_from_slice(bytes);
-        buf.resize(len, 0);
-        for (slot, field) in buf[bytes.len()..].chunks_exact_mut(Field::SIZE).zip(fields) {
-            slot.copy_from_slice(&field.to_bytes());
-        }
+        buf.extend_from_slice(table);
         let (kind, name_index) = match (layout.event, layout.response) {
             (Some(index), _) => (MessageKind::Event, index),
             (None, Some(index)) => (MessageKind::Response, index),
@@ -180,12 +184,15 @@ impl Message {
             bytes.extend_from_slice(&self.buf[copied as usize..field.value_start as usize]);
             let value_start = bytes.len() as u32;
             bytes.extend_from_slice(shown.as_bytes());
-            fields.push(Field {
-                key_start: moved(field.key_start),
-                key_end: moved(field.key_end),
-                value_start,
-                value_end: bytes.len() as u32,
-            });
+            fields.push(
+                Field {
+                    key_start: moved(field.key_start),
+                    key_end: moved(field.key_end),
+                    value_start,
+                    value_end: bytes.len() as u32,
+                }
+                .to_bytes(),
+            );
             copied = field.value_end;
         }
         bytes.extend_from_slice(&self.buf[copied as usize..self.len as usize]);
@@ -466,7 +473,8 @@ pub(crate) mod tests {
                 value_end: 8,
             },
             Field::line(10, 14),
-        ];
+        ]
+        .map(Field::to_bytes);
         let message = Message::from_parts(text, &fields, layout);
         assert_eq!(message.len(), text.len());
         assert_eq!(message.as_str(), "Event: A\r\nline");

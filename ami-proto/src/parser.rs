@@ -38,7 +38,7 @@ use memchr::memchr;
 
 use crate::error::ConfigError;
 use crate::line_search::{HIGHS, LineScanner, RunScanner, find_colon, find_newline, is_ascii};
-use crate::message::{Field, Layout, Message};
+use crate::message::{Field, Layout, Message, StoredField};
 
 /// The largest limit the parser can honour: it records where each header lies in its
 /// message as `u32` offsets, so no message may be longer than `u32::MAX` bytes. A
@@ -306,7 +306,7 @@ pub struct Parser {
     /// Where the next line starts in the window.
     line_start: usize,
     /// Fields of the message in progress, offsets relative to `msg_start`.
-    fields: Vec<Field>,
+    fields: Vec<StoredField>,
     /// In `FollowsBody` mode, how many of `fields` are headers (the rest are body
     /// lines); in the other modes all are.
     headers: usize,
@@ -579,12 +579,15 @@ impl Parser {
                 value += 1;
             }
             let base = start - msg_start;
-            self.fields.push(Field {
-                key_start: base as u32,
-                key_end: (colon - msg_start) as u32,
-                value_start: (value - msg_start) as u32,
-                value_end: (end - msg_start) as u32,
-            });
+            self.fields.push(
+                Field {
+                    key_start: base as u32,
+                    key_end: (colon - msg_start) as u32,
+                    value_start: (value - msg_start) as u32,
+                    value_end: (end - msg_start) as u32,
+                }
+                .to_bytes(),
+            );
             start = line_end;
         }
         self.msg_start = msg_start;
@@ -772,12 +775,15 @@ impl Parser {
             }
         }
         let base = start - self.msg_start;
-        self.fields.push(Field {
-            key_start: base as u32,
-            key_end: (base + colon) as u32,
-            value_start: (base + value) as u32,
-            value_end: (base + line.len()) as u32,
-        });
+        self.fields.push(
+            Field {
+                key_start: base as u32,
+                key_end: (base + colon) as u32,
+                value_start: (base + value) as u32,
+                value_end: (base + line.len()) as u32,
+            }
+            .to_bytes(),
+        );
         true
     }
 
@@ -797,24 +803,25 @@ impl Parser {
             // newline: what precedes it on the line is the last output line.
             let text_len = (line.len() - SENTINEL.len()) as u32;
             if text_len > 0 {
-                self.fields.push(Field::line(base, base + text_len));
+                self.fields
+                    .push(Field::line(base, base + text_len).to_bytes());
             }
             self.complete(window, line_end, line_end, emit);
         } else {
             self.fields
-                .push(Field::line(base, base + line.len() as u32));
+                .push(Field::line(base, base + line.len() as u32).to_bytes());
         }
     }
 
     /// The key of field `index` of the message in progress, which lies in `window`.
     fn key_of<'w>(&self, window: &'w [u8], index: usize) -> &'w [u8] {
-        let field = &self.fields[index];
+        let field = Field::from_bytes(&self.fields[index]);
         &window[self.msg_start + field.key_start as usize..self.msg_start + field.key_end as usize]
     }
 
     /// The value of field `index` of the message in progress, which lies in `window`.
     fn value_of<'w>(&self, window: &'w [u8], index: usize) -> &'w [u8] {
-        let field = &self.fields[index];
+        let field = Field::from_bytes(&self.fields[index]);
         &window
             [self.msg_start + field.value_start as usize..self.msg_start + field.value_end as usize]
     }
