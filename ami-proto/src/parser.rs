@@ -571,13 +571,7 @@ impl Parser {
                     self.action_id_field = index;
                 }
             }
-            // One space after the colon, as Asterisk writes, without a branch; more
-            // blanks take the loop. (`data[end]` is `\r` or `\n`, never blank.)
-            let mut value = colon + 1;
-            value += usize::from(data[value] == b' ');
-            while let b' ' | b'\t' = data[value] {
-                value += 1;
-            }
+            let value = lines.value_start(data, colon);
             let base = start - msg_start;
             self.fields.push(
                 Field {
