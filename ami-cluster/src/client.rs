@@ -130,8 +130,9 @@ pub enum ClientOutput<P> {
         ticket: Ticket,
         /// The payload given to the send.
         payload: P,
-        /// The completion: the reply or why there is none.
-        completion: Completion,
+        /// The completion: the reply or why there is none (boxed, as in
+        /// [`Output::Completed`]).
+        completion: Box<Completion>,
     },
     /// An event.
     Event(Event),
@@ -161,6 +162,9 @@ pub enum ClientOutput<P> {
         call: Box<CallEnded>,
     },
 }
+
+// As with `ami_proto::Output`: every event is moved in a `ClientOutput` to the driver.
+const _: () = assert!(size_of::<ClientOutput<usize>>() <= size_of::<Event>() + 8);
 
 /// A completion slot.
 #[derive(Debug)]
@@ -584,7 +588,7 @@ impl<P> ClientCore<P> {
     fn dialer_output(&mut self, id: ServerId) -> Option<ClientOutput<P>> {
         let dialer = self.dialers.get_mut(id.0)?.as_deref_mut()?;
         if let Some((slot, completion)) = dialer.failed.pop_front() {
-            return self.release(id, slot, completion);
+            return self.release(id, slot, Box::new(completion));
         }
         let call = dialer.poll_ended()?;
         Some(ClientOutput::CallEnded {
@@ -971,7 +975,7 @@ impl<P> ClientCore<P> {
     }
 
     /// Frees the slot of a completed action and hands its payload back.
-    fn complete(&mut self, id: ServerId, completion: Completion) -> Option<ClientOutput<P>> {
+    fn complete(&mut self, id: ServerId, completion: Box<Completion>) -> Option<ClientOutput<P>> {
         let (generation, counter) = action_tag(&completion.action_id)?;
         let slot = self.by_action.remove(&(id, generation, counter))?;
         self.release(id, slot, completion)
@@ -982,7 +986,7 @@ impl<P> ClientCore<P> {
         &mut self,
         id: ServerId,
         slot: u32,
-        completion: Completion,
+        completion: Box<Completion>,
     ) -> Option<ClientOutput<P>> {
         let entry = &mut self.slots[slot as usize];
         let payload = entry.payload.take()?;

@@ -18,7 +18,9 @@ use ami_cluster::{
     Health, NoServerAvailable, Node, NodeMetrics, NotReady, Policy, Readiness, Refused, RouteError,
     ServerId, Strategy, Ticket,
 };
-use ami_proto::{Action, ActionError, CloseReason, Config, Reply, SendError, State, Stats};
+use ami_proto::{
+    Action, ActionError, CloseReason, Completion, Config, Reply, SendError, State, Stats,
+};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
@@ -1077,11 +1079,12 @@ impl Driver {
                     completion,
                     ..
                 } => {
-                    if catch_unwind(AssertUnwindSafe(|| payload.complete(completion.result)))
-                        .is_err()
-                    {
+                    let Completion {
+                        action_id, result, ..
+                    } = *completion;
+                    if catch_unwind(AssertUnwindSafe(|| payload.complete(result))).is_err() {
                         self.stats.callback_panics += 1;
-                        tracing::error!(server_key = %server.key, action_id = %completion.action_id, "completion callback panicked");
+                        tracing::error!(server_key = %server.key, action_id = %action_id, "completion callback panicked");
                     }
                 }
                 ClientOutput::State { from, to, .. } => {

@@ -142,8 +142,9 @@ pub enum Output {
         /// The state now.
         to: State,
     },
-    /// An action sent with [`Connection::send`] completed.
-    Completed(Completion),
+    /// An action sent with [`Connection::send`] completed. (Boxed: a completion is
+    /// 208 bytes, and every output, events first, is moved through each layer above.)
+    Completed(Box<Completion>),
     /// The parser discarded input (also counted in [`Stats`]).
     Discarded(Discard),
     /// A response (or message of unknown kind) that completes nothing: it names no
@@ -155,6 +156,10 @@ pub enum Output {
     /// The connection closed; nothing more will happen on it.
     Closed(CloseReason),
 }
+
+// Every event is moved in an `Output` through each layer above the connection: an
+// output no larger than an event keeps those moves cheap (see `Output::Completed`).
+const _: () = assert!(size_of::<Output>() <= size_of::<Event>() + 8);
 
 /// Counters of one connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -851,13 +856,13 @@ impl Connection {
                 tracing::debug!(server_key = %self.server_key, action_id = %pending.action_id, ok = result.is_ok(), "action completed");
                 // The server's text in an error is returned with the secret masked.
                 let result = result.map_err(|error| self.redactor.mask_error(error));
-                self.push_output(Output::Completed(Completion::new(
+                self.push_output(Output::Completed(Box::new(Completion::new(
                     pending.action_id,
                     pending.sent_at,
                     now,
                     result,
                     pending.charge,
-                )));
+                ))));
             }
             // Closing: the Logoff is on its way; log in no further.
             Purpose::Challenge | Purpose::Login if self.state == State::Closing => {}

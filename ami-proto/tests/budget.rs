@@ -507,7 +507,7 @@ proptest! {
                             }
                             Some(Output::Completed(done)) => {
                                 if keep {
-                                    kept.completions.push(done);
+                                    kept.completions.push(*done);
                                 }
                             }
                             // An event larger than the budget can hold, cut in two.

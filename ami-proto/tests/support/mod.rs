@@ -208,7 +208,7 @@ impl Harness {
     pub fn one_completion(&mut self) -> Completion {
         let outputs = self.outputs();
         match <[Output; 1]>::try_from(outputs) {
-            Ok([Output::Completed(done)]) => done,
+            Ok([Output::Completed(done)]) => *done,
             Ok(other) => panic!("expected one completion, got {other:?}"),
             Err(outputs) => panic!("expected one completion, got {outputs:?}"),
         }
@@ -230,7 +230,7 @@ pub fn completions(outputs: &[Output]) -> Vec<&Completion> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Completed(done) => Some(done),
+            Output::Completed(done) => Some(&**done),
             _ => None,
         })
         .collect()

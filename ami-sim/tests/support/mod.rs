@@ -195,7 +195,7 @@ impl Pair {
             .iter()
             .position(|o| matches!(o, Output::Completed(done) if done.action_id == id))?;
         match self.outputs.remove(index) {
-            Output::Completed(done) => Some(done),
+            Output::Completed(done) => Some(*done),
             _ => None,
         }
     }
