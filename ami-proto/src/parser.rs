@@ -534,10 +534,11 @@ impl Parser {
         let mut lines = RunScanner::default();
         let mut start = self.line_start;
         let mut msg_start = self.msg_start;
-        let limit = self.limit;
+        // Where the message in progress would pass its limit.
+        let mut limit_end = msg_start + self.limit;
         while let Some((newline, colon)) = lines.next(data, start, &mut self.high) {
             let line_end = newline + 1;
-            if line_end - msg_start > limit {
+            if line_end > limit_end {
                 break;
             }
             let end = newline - usize::from(newline > start && data[newline - 1] == b'\r');
@@ -549,6 +550,7 @@ impl Parser {
                     lines.start_message(&mut self.high);
                 }
                 msg_start = line_end;
+                limit_end = msg_start + self.limit;
                 start = line_end;
                 continue;
             }

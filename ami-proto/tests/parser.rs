@@ -227,6 +227,44 @@ fn oversized_event_is_discarded_and_parsing_resumes() {
 }
 
 #[test]
+fn the_command_output_limit_ends_with_its_message_at_every_cut() {
+    // A response whose `Output` raised its limit, then an `Event` header (so later
+    // lines are an event's), then an event over the frame limit: that event is
+    // discarded however the input is cut, also when the event's lines are taken in
+    // one run with the end of the message before.
+    let limits = Limits {
+        max_frame_size: 100,
+        max_command_output: 1000,
+    };
+    let mut wire = b"Response: Success\r\nOutput: one\r\nEvent: Odd\r\nA: 1\r\n\r\n".to_vec();
+    let first = wire.len();
+    for index in 0..12 {
+        wire.extend_from_slice(format!("Event: Big\r\nKey{index:02}: value\r\n").as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    let big = wire.len() - first;
+    assert!(big > 100 && big < 1000);
+    // Enough after it that its blank line is not among the input's last 64 bytes.
+    for _ in 0..8 {
+        wire.extend_from_slice(b"Event: Small\r\n\r\n");
+    }
+    let expected = [[Some("Odd")].as_slice(), &[Some("Small"); 8]].concat();
+    for split in 1..=wire.len() {
+        let chunks: Vec<&[u8]> = wire.chunks(split).collect();
+        let items = parse_with(limits, &chunks);
+        let names: Vec<_> = messages(&items).iter().map(|m| m.event_name()).collect();
+        assert_eq!(names, expected, "split {split}: {items:?}");
+        let discard = discards(&items)[0];
+        assert_eq!(
+            discard.error,
+            ParseError::FrameTooLarge { limit: 100 },
+            "split {split}"
+        );
+        assert_eq!(discard.bytes as usize, big, "split {split}");
+    }
+}
+
+#[test]
 fn discarded_bytes_are_not_buffered() {
     let limits = Limits {
         max_frame_size: 1000,
@@ -322,6 +360,16 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         // Keys in other cases, blanks after the colon, an empty value, an empty key.
         Just(b"event:\t  Tabbed\r\nactionid:x\r\nEmpty:\r\n:no key\r\n\r\n".to_vec()),
         Just(b"Event: Bare\nLines: 1\n\n".to_vec()),
+        // A response whose `Output` raised its limit, then an `Event` header: the next
+        // message's limit is the frame limit again.
+        Just(b"Response: Success\r\nOutput: x\r\nEvent: Odd\r\nA: 1\r\n\r\n".to_vec()),
+        Just(
+            format!(
+                "Event: Mid\r\n{}\r\n",
+                "Key: vvvvvvvvvvvvvvvvvvvv\r\n".repeat(10)
+            )
+            .into_bytes()
+        ),
         // A legacy command response over every limit, its body with blank lines and
         // header-like lines: discarded up to its sentinel line.
         Just(
