@@ -361,7 +361,9 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         Just(b"event:\t  Tabbed\r\nactionid:x\r\nEmpty:\r\n:no key\r\n\r\n".to_vec()),
         Just(b"Event: Bare\nLines: 1\n\n".to_vec()),
         // A response whose `Output` raised its limit, then an `Event` header: the next
-        // message's limit is the frame limit again.
+        // message's limit is the frame limit again, which the next piece (an event of
+        // 284 bytes: over every frame limit drawn below, under the largest
+        // command-output limit) tells apart.
         Just(b"Response: Success\r\nOutput: x\r\nEvent: Odd\r\nA: 1\r\n\r\n".to_vec()),
         Just(
             format!(
