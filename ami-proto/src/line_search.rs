@@ -117,9 +117,6 @@ pub(crate) struct RunScanner {
     colons: u64,
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     highs: u64,
-    /// The bytes of the window that are neither space nor tab.
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    nonblanks: u64,
 }
 
 impl RunScanner {
@@ -149,7 +146,6 @@ impl RunScanner {
                     newlines: masks.newlines,
                     colons: masks.colons,
                     highs: masks.highs,
-                    nonblanks: masks.nonblanks,
                 };
                 self.start_message(high);
             }
@@ -165,29 +161,6 @@ impl RunScanner {
         {
             let _ = (data, start, high);
             None
-        }
-    }
-
-    /// Where the value of the header whose `:` is at `colon` starts: at the first byte
-    /// after it that is neither space nor tab. `colon` is in the line [`next`] returned
-    /// last, whose `\r` or `\n` ends the search.
-    ///
-    /// [`next`]: RunScanner::next
-    #[inline(always)]
-    pub(crate) fn value_start(&self, data: &[u8], colon: usize) -> usize {
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        {
-            let _ = data;
-            let after = colon + 1;
-            after + (self.nonblanks >> (after - self.base)).trailing_zeros() as usize
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-        {
-            let mut value = colon + 1;
-            while let b' ' | b'\t' = data[value] {
-                value += 1;
-            }
-            value
         }
     }
 
@@ -219,7 +192,6 @@ mod sse2 {
         pub(super) newlines: u64,
         pub(super) colons: u64,
         pub(super) highs: u64,
-        pub(super) nonblanks: u64,
     }
 
     impl Masks {
@@ -230,12 +202,9 @@ mod sse2 {
                 newlines: 0,
                 colons: 0,
                 highs: 0,
-                nonblanks: 0,
             };
             let newline = set_splat_i8_m128i(b'\n' as i8);
             let colon = set_splat_i8_m128i(b':' as i8);
-            let space = set_splat_i8_m128i(b' ' as i8);
-            let tab = set_splat_i8_m128i(b'\t' as i8);
             let bits = |vector: m128i| u64::from(move_mask_i8_m128i(vector) as u16);
             let (chunks, _) = window.as_chunks::<16>();
             for (at, chunk) in (0..64).step_by(16).zip(chunks) {
@@ -243,10 +212,7 @@ mod sse2 {
                 masks.newlines |= bits(cmp_eq_mask_i8_m128i(bytes, newline)) << at;
                 masks.colons |= bits(cmp_eq_mask_i8_m128i(bytes, colon)) << at;
                 masks.highs |= bits(bytes) << at;
-                let blanks = cmp_eq_mask_i8_m128i(bytes, space) | cmp_eq_mask_i8_m128i(bytes, tab);
-                masks.nonblanks |= bits(blanks) << at;
             }
-            masks.nonblanks = !masks.nonblanks;
             masks
         }
     }

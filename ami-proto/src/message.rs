@@ -23,11 +23,15 @@ pub enum MessageKind {
 }
 
 /// Where one header or body line lies inside the message buffer (byte offsets).
+///
+/// Where the value starts is not stored: the parser's hot loop would find it for
+/// every header, and only the values asked for need it ([`Field::value_start`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Field {
     pub(crate) key_start: u32,
+    /// The `:` of a header; `key_start` for a body line (which has no key).
     pub(crate) key_end: u32,
-    pub(crate) value_start: u32,
+    /// Where the line ends, before its `\r\n` or `\n`.
     pub(crate) value_end: u32,
 }
 
@@ -38,29 +42,39 @@ pub(crate) type StoredField = [u8; Field::SIZE];
 
 impl Field {
     /// Size of a field in a message's field table.
-    pub(crate) const SIZE: usize = 16;
+    pub(crate) const SIZE: usize = 12;
 
     /// A body line of a legacy `Response: Follows` message: no key, the line is the value.
     pub(crate) fn line(start: u32, end: u32) -> Self {
         Field {
             key_start: start,
             key_end: start,
-            value_start: start,
             value_end: end,
         }
     }
 
-    /// The field as stored in a message's field table: four native-endian `u32`s (the
+    /// Where the value starts in `text` (the bytes the offsets count in): after the
+    /// `:` and the spaces and tabs that follow it, or, for a body line, where the line
+    /// starts. (A header's key is never empty, so `key_end == key_start` marks a body
+    /// line.)
+    #[inline]
+    pub(crate) fn value_start(self, text: &[u8]) -> u32 {
+        if self.key_end == self.key_start {
+            return self.key_start;
+        }
+        let mut value = self.key_end + 1;
+        while value < self.value_end && matches!(text[value as usize], b' ' | b'\t') {
+            value += 1;
+        }
+        value
+    }
+
+    /// The field as stored in a message's field table: three native-endian `u32`s (the
     /// table never leaves the process).
     #[inline(always)]
     pub(crate) fn to_bytes(self) -> StoredField {
         let mut bytes = [0; Field::SIZE];
-        let offsets = [
-            self.key_start,
-            self.key_end,
-            self.value_start,
-            self.value_end,
-        ];
+        let offsets = [self.key_start, self.key_end, self.value_end];
         for (slot, offset) in bytes.chunks_exact_mut(4).zip(offsets) {
             slot.copy_from_slice(&offset.to_ne_bytes());
         }
@@ -78,8 +92,7 @@ impl Field {
         Field {
             key_start: offset(0),
             key_end: offset(4),
-            value_start: offset(8),
-            value_end: offset(12),
+            value_end: offset(8),
         }
     }
 }
@@ -155,7 +168,9 @@ impl Message {
     /// A copy with every header value replaced by `mask(Some(key), value)` and every
     /// legacy body line by `mask(None, line)`; `None` (and no allocation) when `mask`
     /// changed nothing. Keys, separators and line endings are kept byte for byte, so
-    /// the copy has the same headers, kind and ActionID as the original.
+    /// the copy has the same headers, kind and ActionID as the original. (As on the
+    /// wire, blanks that a new header value starts with are read as part of the
+    /// separator; the masks of [`Redactor`](crate::redact::Redactor) start with none.)
     pub(crate) fn map_values<'m>(
         &'m self,
         mut mask: impl FnMut(Option<&'m str>, &'m str) -> Cow<'m, str>,
@@ -165,7 +180,7 @@ impl Message {
             (index < headers).then(|| self.slice(field.key_start, field.key_end))
         };
         let changed = self.fields().enumerate().any(|(index, field)| {
-            let value = self.slice(field.value_start, field.value_end);
+            let value = self.value(field);
             mask(key_of(index, field), value) != value
         });
         if !changed {
@@ -176,19 +191,20 @@ impl Message {
         // Bytes of the original copied so far.
         let mut copied = 0;
         for (index, field) in self.fields().enumerate() {
-            let value = self.slice(field.value_start, field.value_end);
-            let shown = mask(key_of(index, field), value);
+            let value_start = field.value_start(&self.buf);
+            let shown = mask(
+                key_of(index, field),
+                self.slice(value_start, field.value_end),
+            );
             // The key and separator (and the line ending before them) as they were.
             let base = bytes.len() as u32;
             let moved = |offset: u32| base + (offset - copied);
-            bytes.extend_from_slice(&self.buf[copied as usize..field.value_start as usize]);
-            let value_start = bytes.len() as u32;
+            bytes.extend_from_slice(&self.buf[copied as usize..value_start as usize]);
             bytes.extend_from_slice(shown.as_bytes());
             fields.push(
                 Field {
                     key_start: moved(field.key_start),
                     key_end: moved(field.key_end),
-                    value_start,
                     value_end: bytes.len() as u32,
                 }
                 .to_bytes(),
@@ -213,6 +229,12 @@ impl Message {
         std::str::from_utf8(&self.buf[start as usize..end as usize]).unwrap_or_default()
     }
 
+    /// The value of `field`, one of this message's.
+    #[inline]
+    fn value(&self, field: Field) -> &str {
+        self.slice(field.value_start(&self.buf), field.value_end)
+    }
+
     /// The fields, in wire order.
     fn fields(&self) -> impl ExactSizeIterator<Item = Field> + '_ {
         self.buf[self.len as usize..]
@@ -226,8 +248,7 @@ impl Message {
     }
 
     fn value_at(&self, index: u32) -> &str {
-        let field = self.field(index);
-        self.slice(field.value_start, field.value_end)
+        self.value(self.field(index))
     }
 
     /// Whether this is an event, a response or neither.
@@ -256,15 +277,12 @@ impl Message {
 
     /// The first value of `key` (case-insensitive).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields_of(key)
-            .next()
-            .map(|field| self.slice(field.value_start, field.value_end))
+        self.fields_of(key).next().map(|field| self.value(field))
     }
 
     /// Every value of `key` (case-insensitive), in wire order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.fields_of(key)
-            .map(|field| self.slice(field.value_start, field.value_end))
+        self.fields_of(key).map(|field| self.value(field))
     }
 
     /// The header fields whose key is `key` (case-insensitive), in wire order. Keys are
@@ -283,7 +301,7 @@ impl Message {
         self.fields().take(self.headers as usize).map(|field| {
             (
                 self.slice(field.key_start, field.key_end),
-                self.slice(field.value_start, field.value_end),
+                self.value(field),
             )
         })
     }
@@ -295,7 +313,7 @@ impl Message {
         self.fields().take(self.headers as usize).map(|field| {
             (
                 &self.buf[field.key_start as usize..field.key_end as usize],
-                &self.buf[field.value_start as usize..field.value_end as usize],
+                &self.buf[field.value_start(&self.buf) as usize..field.value_end as usize],
             )
         })
     }
@@ -315,7 +333,7 @@ impl Message {
     pub fn body_lines(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         self.fields()
             .skip(self.headers as usize)
-            .map(|field| self.slice(field.value_start, field.value_end))
+            .map(|field| self.value(field))
     }
 
     /// Command output lines in either format (PROTOCOL-NOTES 23–24): the legacy body
@@ -451,7 +469,6 @@ pub(crate) mod tests {
             Field {
                 key_start: 0,
                 key_end: 5,
-                value_start: 7,
                 value_end: 0x0102_0304,
             },
             Field::line(9, u32::MAX),
@@ -469,7 +486,6 @@ pub(crate) mod tests {
             Field {
                 key_start: 0,
                 key_end: 5,
-                value_start: 7,
                 value_end: 8,
             },
             Field::line(10, 14),

@@ -573,13 +573,10 @@ impl Parser {
                     self.action_id_field = index;
                 }
             }
-            let value = lines.value_start(data, colon);
-            let base = start - msg_start;
             self.fields.push(
                 Field {
-                    key_start: base as u32,
+                    key_start: (start - msg_start) as u32,
                     key_end: (colon - msg_start) as u32,
-                    value_start: (value - msg_start) as u32,
                     value_end: (end - msg_start) as u32,
                 }
                 .to_bytes(),
@@ -749,13 +746,6 @@ impl Parser {
         if colon == 0 {
             return false;
         }
-        // Asterisk writes one space after the colon: skipped without a branch. More
-        // blanks, rare, take the loop.
-        let mut value = colon + 1;
-        value += usize::from(line.get(value) == Some(&b' '));
-        while let Some(b' ' | b'\t') = line.get(value) {
-            value += 1;
-        }
         let key = &line[..colon];
         // The three keys that shape a message are found here, once, by length first.
         let index = Some(self.fields.len());
@@ -775,7 +765,6 @@ impl Parser {
             Field {
                 key_start: base as u32,
                 key_end: (base + colon) as u32,
-                value_start: (base + value) as u32,
                 value_end: (base + line.len()) as u32,
             }
             .to_bytes(),
@@ -817,9 +806,9 @@ impl Parser {
 
     /// The value of field `index` of the message in progress, which lies in `window`.
     fn value_of<'w>(&self, window: &'w [u8], index: usize) -> &'w [u8] {
+        let text = &window[self.msg_start..];
         let field = Field::from_bytes(&self.fields[index]);
-        &window
-            [self.msg_start + field.value_start as usize..self.msg_start + field.value_end as usize]
+        &text[field.value_start(text) as usize..field.value_end as usize]
     }
 
     fn key_is(&self, window: &[u8], index: usize, key: &str) -> bool {
