@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -24,15 +25,17 @@ pub enum MessageKind {
 
 /// Where one header or body line lies inside the message buffer (byte offsets).
 ///
-/// Where the value starts is not stored: the parser's hot loop would find it for
-/// every header, and only the values asked for need it ([`Field::value_start`]).
+/// Where the value starts and ends is not stored exactly: the parser's hot loop would
+/// find both for every header, and only the values asked for need them
+/// ([`Field::value`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Field {
     pub(crate) key_start: u32,
     /// The `:` of a header; `key_start` for a body line (which has no key).
     pub(crate) key_end: u32,
-    /// Where the line ends, before its `\r\n` or `\n`.
-    pub(crate) value_end: u32,
+    /// Where the value ends, or the `\n` that ends its line (a `\r` before that `\n`
+    /// is then not part of the value).
+    pub(crate) end: u32,
 }
 
 /// A field as stored in a message's field table ([`Field::to_bytes`]). The parser
@@ -49,24 +52,29 @@ impl Field {
         Field {
             key_start: start,
             key_end: start,
-            value_end: end,
+            end,
         }
     }
 
-    /// Where the value starts in `text` (the bytes the offsets count in): after the
-    /// `:` and the spaces and tabs that follow it, or, for a body line, where the line
-    /// starts. (A header's key is never empty, so `key_end == key_start` marks a body
-    /// line.)
+    /// Where the value lies in `text` (the bytes the offsets count in, from the
+    /// message's start): from after the `:` and the spaces and tabs that follow it
+    /// (for a body line, from the line's start) to the line's end, without its `\r`.
+    /// (A header's key is never empty, so `key_end == key_start` marks a body line.)
     #[inline]
-    pub(crate) fn value_start(self, text: &[u8]) -> u32 {
-        if self.key_end == self.key_start {
-            return self.key_start;
+    pub(crate) fn value(self, text: &[u8]) -> Range<usize> {
+        let (start, mut end) = (self.key_start as usize, self.end as usize);
+        // (The byte before a line's start is the `\n` of the line before.)
+        if text.get(end.wrapping_sub(1)..=end) == Some(b"\r\n") {
+            end -= 1;
         }
-        let mut value = self.key_end + 1;
-        while value < self.value_end && matches!(text[value as usize], b' ' | b'\t') {
+        if self.key_end == self.key_start {
+            return start..end;
+        }
+        let mut value = self.key_end as usize + 1;
+        while value < end && matches!(text[value], b' ' | b'\t') {
             value += 1;
         }
-        value
+        value..end
     }
 
     /// The field as stored in a message's field table: three native-endian `u32`s (the
@@ -74,7 +82,7 @@ impl Field {
     #[inline(always)]
     pub(crate) fn to_bytes(self) -> StoredField {
         let mut bytes = [0; Field::SIZE];
-        let offsets = [self.key_start, self.key_end, self.value_end];
+        let offsets = [self.key_start, self.key_end, self.end];
         for (slot, offset) in bytes.chunks_exact_mut(4).zip(offsets) {
             slot.copy_from_slice(&offset.to_ne_bytes());
         }
@@ -92,7 +100,7 @@ impl Field {
         Field {
             key_start: offset(0),
             key_end: offset(4),
-            value_end: offset(8),
+            end: offset(8),
         }
     }
 }
@@ -191,25 +199,22 @@ impl Message {
         // Bytes of the original copied so far.
         let mut copied = 0;
         for (index, field) in self.fields().enumerate() {
-            let value_start = field.value_start(&self.buf);
-            let shown = mask(
-                key_of(index, field),
-                self.slice(value_start, field.value_end),
-            );
+            let value = field.value(&self.buf);
+            let shown = mask(key_of(index, field), self.text(value.clone()));
             // The key and separator (and the line ending before them) as they were.
             let base = bytes.len() as u32;
             let moved = |offset: u32| base + (offset - copied);
-            bytes.extend_from_slice(&self.buf[copied as usize..value_start as usize]);
+            bytes.extend_from_slice(&self.buf[copied as usize..value.start]);
             bytes.extend_from_slice(shown.as_bytes());
             fields.push(
                 Field {
                     key_start: moved(field.key_start),
                     key_end: moved(field.key_end),
-                    value_end: bytes.len() as u32,
+                    end: bytes.len() as u32,
                 }
                 .to_bytes(),
             );
-            copied = field.value_end;
+            copied = value.end as u32;
         }
         bytes.extend_from_slice(&self.buf[copied as usize..self.len as usize]);
         let name = Some(self.name_index as usize);
@@ -232,7 +237,12 @@ impl Message {
     /// The value of `field`, one of this message's.
     #[inline]
     fn value(&self, field: Field) -> &str {
-        self.slice(field.value_start(&self.buf), field.value_end)
+        self.text(field.value(&self.buf))
+    }
+
+    /// The bytes of `range`, as text.
+    fn text(&self, range: Range<usize>) -> &str {
+        self.slice(range.start as u32, range.end as u32)
     }
 
     /// The fields, in wire order.
@@ -313,7 +323,7 @@ impl Message {
         self.fields().take(self.headers as usize).map(|field| {
             (
                 &self.buf[field.key_start as usize..field.key_end as usize],
-                &self.buf[field.value_start(&self.buf) as usize..field.value_end as usize],
+                &self.buf[field.value(&self.buf)],
             )
         })
     }
@@ -348,7 +358,7 @@ impl Message {
         }
         self.fields_of("Output")
             .map(|field| {
-                let raw = self.slice(field.key_end + 1, field.value_end);
+                let raw = self.text(field.key_end as usize + 1..field.value(&self.buf).end);
                 raw.strip_prefix(' ').unwrap_or(raw)
             })
             .collect()
@@ -469,7 +479,7 @@ pub(crate) mod tests {
             Field {
                 key_start: 0,
                 key_end: 5,
-                value_end: 0x0102_0304,
+                end: 0x0102_0304,
             },
             Field::line(9, u32::MAX),
         ];
@@ -486,7 +496,7 @@ pub(crate) mod tests {
             Field {
                 key_start: 0,
                 key_end: 5,
-                value_end: 8,
+                end: 8,
             },
             Field::line(10, 14),
         ]

@@ -541,8 +541,9 @@ impl Parser {
             if line_end > limit_end {
                 break;
             }
-            let end = newline - usize::from(newline > start && data[newline - 1] == b'\r');
-            if end == start {
+            // Blank: `\n` or `\r\n`. Other lines keep their `\r` (it is left out of the
+            // value when the value is read, see `Field::value`).
+            if newline - start < 2 && (newline == start || data[start] == b'\r') {
                 // A blank line: the end of the message, or of an empty one.
                 if !self.fields.is_empty() {
                     self.msg_start = msg_start;
@@ -556,7 +557,7 @@ impl Parser {
             }
             // No `:` in the line (the first one found may lie past it), or an empty key:
             // malformed, for `handle_line` to discard.
-            let Some(colon) = colon.filter(|&colon| colon > start && colon < end) else {
+            let Some(colon) = colon.filter(|&colon| colon > start && colon < newline) else {
                 break;
             };
             let key = &data[start..colon];
@@ -577,7 +578,7 @@ impl Parser {
                 Field {
                     key_start: (start - msg_start) as u32,
                     key_end: (colon - msg_start) as u32,
-                    value_end: (end - msg_start) as u32,
+                    end: (newline - msg_start) as u32,
                 }
                 .to_bytes(),
             );
@@ -660,7 +661,7 @@ impl Parser {
         colon: Option<usize>,
         line_end: usize,
     ) {
-        if !self.push_header(line, start, colon) {
+        if !self.push_header(line, start, colon, line_end) {
             self.start_discard_at_line_end(window, ParseError::MalformedLine, line_end);
             return;
         }
@@ -716,7 +717,7 @@ impl Parser {
             Mode::FollowsHeaders => {
                 let checkpoint = self.fields.len();
                 let line = &window[start..end];
-                if self.push_header(line, start, find_colon(line))
+                if self.push_header(line, start, find_colon(line), line_end)
                     && (self.key_is(window, checkpoint, "Privilege")
                         || self.key_is(window, checkpoint, "ActionID"))
                 {
@@ -736,10 +737,17 @@ impl Parser {
         }
     }
 
-    /// Records `line`, a header line that starts at `start` in the window; false when it
-    /// is not `Key: Value`.
+    /// Records `line` (without its line ending), a header line that starts at `start`
+    /// in the window and whose `\n` is just before `line_end`; false when it is not
+    /// `Key: Value`.
     #[inline(always)]
-    fn push_header(&mut self, line: &[u8], start: usize, colon: Option<usize>) -> bool {
+    fn push_header(
+        &mut self,
+        line: &[u8],
+        start: usize,
+        colon: Option<usize>,
+        line_end: usize,
+    ) -> bool {
         let Some(colon) = colon else {
             return false;
         };
@@ -765,7 +773,9 @@ impl Parser {
             Field {
                 key_start: base as u32,
                 key_end: (base + colon) as u32,
-                value_end: (base + line.len()) as u32,
+                // The `\n`, as the header run stores it: one field table for a message
+                // however the input was split.
+                end: (line_end - 1 - self.msg_start) as u32,
             }
             .to_bytes(),
         );
@@ -793,8 +803,8 @@ impl Parser {
             }
             self.complete(window, line_end, line_end, emit);
         } else {
-            self.fields
-                .push(Field::line(base, base + line.len() as u32).to_bytes());
+            let newline = (line_end - 1 - self.msg_start) as u32;
+            self.fields.push(Field::line(base, newline).to_bytes());
         }
     }
 
@@ -808,7 +818,7 @@ impl Parser {
     fn value_of<'w>(&self, window: &'w [u8], index: usize) -> &'w [u8] {
         let text = &window[self.msg_start..];
         let field = Field::from_bytes(&self.fields[index]);
-        &text[field.value_start(text) as usize..field.value_end as usize]
+        &text[field.value(text)]
     }
 
     fn key_is(&self, window: &[u8], index: usize, key: &str) -> bool {
