@@ -301,8 +301,10 @@ impl Message {
         self.fields()
             .take(self.headers as usize)
             .filter(move |field| {
-                self.buf[field.key_start as usize..field.key_end as usize]
-                    .eq_ignore_ascii_case(key.as_bytes())
+                // Lengths first: most keys differ in length, and then no bytes are read.
+                (field.key_end - field.key_start) as usize == key.len()
+                    && self.buf[field.key_start as usize..field.key_end as usize]
+                        .eq_ignore_ascii_case(key.as_bytes())
             })
     }
 
