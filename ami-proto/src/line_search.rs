@@ -219,7 +219,7 @@ mod sse2 {
                 if HIGHS_PER_BYTE {
                     masks.highs |= bits(bytes) << at;
                 } else {
-                    any = any | bytes;
+                    any |= bytes;
                 }
             }
             if !HIGHS_PER_BYTE {
