@@ -145,6 +145,7 @@ pub struct Message {
 impl Message {
     /// Builds a message from its UTF-8 bytes (copied), the fields found in them and
     /// where the parser saw the headers that matter.
+    #[inline]
     pub(crate) fn from_parts(bytes: &[u8], fields: &[StoredField], layout: Layout) -> Self {
         debug_assert!(std::str::from_utf8(bytes).is_ok());
         let table = fields.as_flattened();
