@@ -25,27 +25,31 @@ pub enum MessageKind {
 
 /// Where one header or body line lies inside the message buffer (byte offsets).
 ///
-/// Where the value starts and ends is not stored exactly: the parser's hot loop would
-/// find both for every header, and only the values asked for need them
-/// ([`Field::value`]).
+/// A message's fields are its lines, one after the other, so a table stores only where
+/// each key and each line ends ([`StoredField`]): a field's key starts one byte after
+/// the `\n` of the field before it (the first at 0). Where the value starts and ends
+/// is not stored exactly either: the parser's hot loop would find both for every
+/// header, and only the values asked for need them ([`Field::value`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Field {
     pub(crate) key_start: u32,
     /// The `:` of a header; `key_start` for a body line (which has no key).
     pub(crate) key_end: u32,
-    /// Where the value ends, or the `\n` that ends its line (a `\r` before that `\n`
-    /// is then not part of the value).
+    /// The `\n` that ends the line (a `\r` before it is not part of the value); for
+    /// the last body line of a legacy response, which the sentinel ends, where the
+    /// sentinel starts.
     pub(crate) end: u32,
 }
 
-/// A field as stored in a message's field table ([`Field::to_bytes`]). The parser
-/// keeps the fields of the message in progress in this form, so that the table is
-/// copied into the message in one piece.
+/// A field as stored in a message's field table ([`Field::to_bytes`]): its `key_end`
+/// and its `end`, two native-endian `u32`s (the table never leaves the process). The
+/// parser keeps the fields of the message in progress in this form, so that the table
+/// is copied into the message in one piece.
 pub(crate) type StoredField = [u8; Field::SIZE];
 
 impl Field {
     /// Size of a field in a message's field table.
-    pub(crate) const SIZE: usize = 12;
+    pub(crate) const SIZE: usize = 8;
 
     /// A body line of a legacy `Response: Follows` message: no key, the line is the value.
     pub(crate) fn line(start: u32, end: u32) -> Self {
@@ -77,33 +81,91 @@ impl Field {
         value..end
     }
 
-    /// The field as stored in a message's field table: three native-endian `u32`s (the
-    /// table never leaves the process).
+    /// The field as stored in a message's field table (its `key_start` is implied).
     #[inline(always)]
     pub(crate) fn to_bytes(self) -> StoredField {
-        let mut bytes = [0; Field::SIZE];
-        let offsets = [self.key_start, self.key_end, self.end];
-        for (slot, offset) in bytes.chunks_exact_mut(4).zip(offsets) {
-            slot.copy_from_slice(&offset.to_ne_bytes());
-        }
-        bytes
+        stored(self.key_end, self.end)
     }
 
-    /// The field stored as `bytes` (from [`Field::to_bytes`]) in a field table.
+    /// Field `index` of `table`, a field table of [`StoredField`]s.
     #[inline]
-    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
-        // One length check up front spares one per offset.
-        let bytes = &bytes[..Field::SIZE];
-        let offset = |at: usize| {
-            u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+    pub(crate) fn at(table: &[u8], index: usize) -> Self {
+        let at = index * Field::SIZE;
+        let key_start = match index {
+            0 => 0,
+            _ => offset(&table[at - 4..at]) + 1,
         };
+        let [key_end, end] = offsets(&table[at..at + Field::SIZE]);
         Field {
-            key_start: offset(0),
-            key_end: offset(4),
-            end: offset(8),
+            key_start,
+            key_end,
+            end,
         }
     }
 }
+
+/// The stored form of a field whose key ends at `key_end` and whose line at `end`.
+#[inline(always)]
+pub(crate) fn stored(key_end: u32, end: u32) -> StoredField {
+    let mut bytes = [0; Field::SIZE];
+    bytes[..4].copy_from_slice(&key_end.to_ne_bytes());
+    bytes[4..].copy_from_slice(&end.to_ne_bytes());
+    bytes
+}
+
+/// The `u32` stored in `bytes` (4 of them).
+#[inline(always)]
+fn offset(bytes: &[u8]) -> u32 {
+    u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// The two `u32`s of a stored field.
+#[inline(always)]
+fn offsets(bytes: &[u8]) -> [u32; 2] {
+    // One length check up front spares one per offset.
+    let bytes = &bytes[..Field::SIZE];
+    [offset(&bytes[..4]), offset(&bytes[4..])]
+}
+
+/// The fields of a field table in order, each key's start taken from the line before.
+#[derive(Debug, Clone)]
+pub(crate) struct Fields<'t> {
+    table: std::slice::ChunksExact<'t, u8>,
+    /// Where the next field's key starts.
+    next_start: u32,
+}
+
+impl<'t> Fields<'t> {
+    /// The fields of `table`.
+    pub(crate) fn of(table: &'t [u8]) -> Self {
+        Fields {
+            table: table.chunks_exact(Field::SIZE),
+            next_start: 0,
+        }
+    }
+}
+
+impl Iterator for Fields<'_> {
+    type Item = Field;
+
+    #[inline]
+    fn next(&mut self) -> Option<Field> {
+        let [key_end, end] = offsets(self.table.next()?);
+        let field = Field {
+            key_start: self.next_start,
+            key_end,
+            end,
+        };
+        self.next_start = end.wrapping_add(1);
+        Some(field)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.table.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Fields<'_> {}
 
 /// Where the parser found the headers that give a message its shape.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -207,14 +269,10 @@ impl Message {
             let moved = |offset: u32| base + (offset - copied);
             bytes.extend_from_slice(&self.buf[copied as usize..value.start]);
             bytes.extend_from_slice(shown.as_bytes());
-            fields.push(
-                Field {
-                    key_start: moved(field.key_start),
-                    key_end: moved(field.key_end),
-                    end: bytes.len() as u32,
-                }
-                .to_bytes(),
-            );
+            // The line's end moves with the value: the `\r` between them, if any, is
+            // copied with the next piece.
+            let end = bytes.len() as u32 + (field.end - value.end as u32);
+            fields.push(stored(moved(field.key_end), end));
             copied = value.end as u32;
         }
         bytes.extend_from_slice(&self.buf[copied as usize..self.len as usize]);
@@ -247,15 +305,12 @@ impl Message {
     }
 
     /// The fields, in wire order.
-    fn fields(&self) -> impl ExactSizeIterator<Item = Field> + '_ {
-        self.buf[self.len as usize..]
-            .chunks_exact(Field::SIZE)
-            .map(Field::from_bytes)
+    fn fields(&self) -> Fields<'_> {
+        Fields::of(&self.buf[self.len as usize..])
     }
 
     fn field(&self, index: u32) -> Field {
-        let at = self.len as usize + index as usize * Field::SIZE;
-        Field::from_bytes(&self.buf[at..at + Field::SIZE])
+        Field::at(&self.buf[self.len as usize..], index as usize)
     }
 
     fn value_at(&self, index: u32) -> &str {
@@ -403,7 +458,7 @@ impl fmt::Debug for Message {
 pub(crate) mod tests {
     use std::borrow::Cow;
 
-    use super::{Field, Layout, Message, MessageKind};
+    use super::{Field, Fields, Layout, Message, MessageKind, StoredField};
     use crate::parser::{Limits, Parsed, Parser};
 
     /// The one message in `text` (other modules' tests use it too).
@@ -478,36 +533,42 @@ pub(crate) mod tests {
 
     #[test]
     fn field_table_round_trips() {
+        // Two headers and a body line: each key starts after the `\n` before it.
+        let text = b"Event: A\r\nKey:\tB\r\nline\r\n";
         let fields = [
             Field {
                 key_start: 0,
                 key_end: 5,
-                end: 0x0102_0304,
+                end: 9,
             },
-            Field::line(9, u32::MAX),
+            Field {
+                key_start: 10,
+                key_end: 13,
+                end: 17,
+            },
+            Field::line(18, 23),
         ];
-        for field in fields {
-            assert_eq!(Field::from_bytes(&field.to_bytes()), field);
+        let table: Vec<StoredField> = fields.iter().map(|field| field.to_bytes()).collect();
+        let flat = table.as_flattened();
+        assert_eq!(Fields::of(flat).collect::<Vec<_>>(), fields);
+        for (index, field) in fields.iter().enumerate() {
+            assert_eq!(Field::at(flat, index), *field);
         }
-        let text = b"Event: A\r\nline";
+        let values: Vec<&[u8]> = fields.iter().map(|f| &text[f.value(text)]).collect();
+        assert_eq!(values, [&b"A"[..], b"B", b"line"]);
+
         let layout = Layout {
-            headers: 1,
+            headers: 2,
             follows: true,
             ..Layout::default()
         };
-        let fields = [
-            Field {
-                key_start: 0,
-                key_end: 5,
-                end: 8,
-            },
-            Field::line(10, 14),
-        ]
-        .map(Field::to_bytes);
-        let message = Message::from_parts(text, &fields, layout);
+        let message = Message::from_parts(text, &table, layout);
         assert_eq!(message.len(), text.len());
-        assert_eq!(message.as_str(), "Event: A\r\nline");
-        assert_eq!(message.headers().collect::<Vec<_>>(), [("Event", "A")]);
+        assert_eq!(message.as_str(), "Event: A\r\nKey:\tB\r\nline\r\n");
+        assert_eq!(
+            message.headers().collect::<Vec<_>>(),
+            [("Event", "A"), ("Key", "B")]
+        );
         assert_eq!(message.body_lines().collect::<Vec<_>>(), ["line"]);
     }
 }

@@ -38,7 +38,7 @@ use memchr::memchr;
 
 use crate::error::ConfigError;
 use crate::line_search::{HIGHS, LineScanner, RunScanner, find_colon, find_newline, is_ascii};
-use crate::message::{Field, Layout, Message, StoredField};
+use crate::message::{Field, Layout, Message, StoredField, stored};
 
 /// The largest limit the parser can honour: it records where each header lies in its
 /// message as `u32` offsets, so no message may be longer than `u32::MAX` bytes. A
@@ -574,14 +574,11 @@ impl Parser {
                     self.action_id_field = index;
                 }
             }
-            self.fields.push(
-                Field {
-                    key_start: (start - msg_start) as u32,
-                    key_end: (colon - msg_start) as u32,
-                    end: (newline - msg_start) as u32,
-                }
-                .to_bytes(),
-            );
+            // (The key's start is implied: it follows the line before.)
+            self.fields.push(stored(
+                (colon - msg_start) as u32,
+                (newline - msg_start) as u32,
+            ));
             start = line_end;
         }
         self.msg_start = msg_start;
@@ -769,16 +766,11 @@ impl Parser {
             }
         }
         let base = start - self.msg_start;
-        self.fields.push(
-            Field {
-                key_start: base as u32,
-                key_end: (base + colon) as u32,
-                // The `\n`, as the header run stores it: one field table for a message
-                // however the input was split.
-                end: (line_end - 1 - self.msg_start) as u32,
-            }
-            .to_bytes(),
-        );
+        // The `\n`, as the header run stores it: one field table for a message however
+        // the input was split.
+        let newline = line_end - 1 - self.msg_start;
+        self.fields
+            .push(stored((base + colon) as u32, newline as u32));
         true
     }
 
@@ -810,14 +802,14 @@ impl Parser {
 
     /// The key of field `index` of the message in progress, which lies in `window`.
     fn key_of<'w>(&self, window: &'w [u8], index: usize) -> &'w [u8] {
-        let field = Field::from_bytes(&self.fields[index]);
+        let field = Field::at(self.fields.as_flattened(), index);
         &window[self.msg_start + field.key_start as usize..self.msg_start + field.key_end as usize]
     }
 
     /// The value of field `index` of the message in progress, which lies in `window`.
     fn value_of<'w>(&self, window: &'w [u8], index: usize) -> &'w [u8] {
         let text = &window[self.msg_start..];
-        let field = Field::from_bytes(&self.fields[index]);
+        let field = Field::at(self.fields.as_flattened(), index);
         &text[field.value(text)]
     }
 

@@ -111,10 +111,10 @@ fn a_flood_of_large_events_stays_within_a_small_budget() {
 }
 
 /// The charge of an event made by [`big_event`] with `size` bytes of text: the text
-/// but its final blank line, its three headers' table (12 bytes each) and the fixed
+/// but its final blank line, its three headers' table (8 bytes each) and the fixed
 /// overhead.
 fn charge_of(size: usize) -> usize {
-    size - 2 + 3 * 12 + ami_proto::budget::MESSAGE_OVERHEAD
+    size - 2 + 3 * 8 + ami_proto::budget::MESSAGE_OVERHEAD
 }
 
 /// Fills what is left of `budget` with events to `h`'s queue, to the byte if it can.
