@@ -560,17 +560,19 @@ impl Parser {
             let Some(colon) = colon.filter(|&colon| colon > start && colon < newline) else {
                 break;
             };
-            let key = &data[start..colon];
+            // The key's bytes are read only when its length is one of the keys that
+            // shape a message.
+            let key = || &data[start..colon];
             let index = Some(self.fields.len());
-            if key.len() == 5 {
-                if self.event_field.is_none() && key.eq_ignore_ascii_case(b"Event") {
+            if colon - start == 5 {
+                if self.event_field.is_none() && key().eq_ignore_ascii_case(b"Event") {
                     self.event_field = index;
                 }
-            } else if key.len() == 8 {
-                if key.eq_ignore_ascii_case(b"Response") {
+            } else if colon - start == 8 {
+                if key().eq_ignore_ascii_case(b"Response") {
                     break;
                 }
-                if self.action_id_field.is_none() && key.eq_ignore_ascii_case(b"ActionID") {
+                if self.action_id_field.is_none() && key().eq_ignore_ascii_case(b"ActionID") {
                     self.action_id_field = index;
                 }
             }
