@@ -41,7 +41,7 @@ pub(crate) struct Field {
     pub(crate) end: u32,
 }
 
-/// A field as stored in a message's field table ([`Field::to_bytes`]): its `key_end`
+/// A field as stored in a message's field table ([`stored`]): its `key_end`
 /// and its `end`, two native-endian `u32`s (the table never leaves the process). The
 /// parser keeps the fields of the message in progress in this form, so that the table
 /// is copied into the message in one piece.
@@ -50,15 +50,6 @@ pub(crate) type StoredField = [u8; Field::SIZE];
 impl Field {
     /// Size of a field in a message's field table.
     pub(crate) const SIZE: usize = 8;
-
-    /// A body line of a legacy `Response: Follows` message: no key, the line is the value.
-    pub(crate) fn line(start: u32, end: u32) -> Self {
-        Field {
-            key_start: start,
-            key_end: start,
-            end,
-        }
-    }
 
     /// Where the value lies in `text` (the bytes the offsets count in, from the
     /// message's start): from after the `:` and the spaces and tabs that follow it
@@ -81,19 +72,13 @@ impl Field {
         value..end
     }
 
-    /// The field as stored in a message's field table (its `key_start` is implied).
-    #[inline(always)]
-    pub(crate) fn to_bytes(self) -> StoredField {
-        stored(self.key_end, self.end)
-    }
-
     /// Field `index` of `table`, a field table of [`StoredField`]s.
     #[inline]
     pub(crate) fn at(table: &[u8], index: usize) -> Self {
         let at = index * Field::SIZE;
         let key_start = match index {
             0 => 0,
-            _ => offset(&table[at - 4..at]) + 1,
+            _ => offsets(&table[at - Field::SIZE..at])[1] + 1,
         };
         let [key_end, end] = offsets(&table[at..at + Field::SIZE]);
         Field {
@@ -104,7 +89,9 @@ impl Field {
     }
 }
 
-/// The stored form of a field whose key ends at `key_end` and whose line at `end`.
+/// The stored form of a field whose key ends at `key_end` and whose line at `end`
+/// (where its key starts is implied, see [`Field`]). A body line of a legacy
+/// `Response: Follows` message has no key: its `key_end` is where the line starts.
 #[inline(always)]
 pub(crate) fn stored(key_end: u32, end: u32) -> StoredField {
     let mut bytes = [0; Field::SIZE];
@@ -458,7 +445,7 @@ impl fmt::Debug for Message {
 pub(crate) mod tests {
     use std::borrow::Cow;
 
-    use super::{Field, Fields, Layout, Message, MessageKind, StoredField};
+    use super::{Field, Fields, Layout, Message, MessageKind, StoredField, stored};
     use crate::parser::{Limits, Parsed, Parser};
 
     /// The one message in `text` (other modules' tests use it too).
@@ -546,9 +533,14 @@ pub(crate) mod tests {
                 key_end: 13,
                 end: 17,
             },
-            Field::line(18, 23),
+            // A body line: no key.
+            Field {
+                key_start: 18,
+                key_end: 18,
+                end: 23,
+            },
         ];
-        let table: Vec<StoredField> = fields.iter().map(|field| field.to_bytes()).collect();
+        let table: Vec<StoredField> = fields.iter().map(|f| stored(f.key_end, f.end)).collect();
         let flat = table.as_flattened();
         assert_eq!(Fields::of(flat).collect::<Vec<_>>(), fields);
         for (index, field) in fields.iter().enumerate() {

@@ -792,13 +792,12 @@ impl Parser {
             // newline: what precedes it on the line is the last output line.
             let text_len = (line.len() - SENTINEL.len()) as u32;
             if text_len > 0 {
-                self.fields
-                    .push(Field::line(base, base + text_len).to_bytes());
+                self.fields.push(stored(base, base + text_len));
             }
             self.complete(window, line_end, line_end, emit);
         } else {
             let newline = (line_end - 1 - self.msg_start) as u32;
-            self.fields.push(Field::line(base, newline).to_bytes());
+            self.fields.push(stored(base, newline));
         }
     }
 
